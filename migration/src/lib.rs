@@ -1,0 +1,15 @@
+//! The schema of tickethold, as sea-orm-migration migrations. `tickethold serve` runs them at
+//! start-up; `Migrator` is also what the tests use to set up a fresh database.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_create_tables::Migration)]
+    }
+}

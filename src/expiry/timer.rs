@@ -1,0 +1,90 @@
+//! The delayed task of the database flow: sleeps until the next `expires_at`, then expires
+//! every hold that is due, in batches of `sweep_batch_max`, each in one transaction.
+//!
+//! It also wakes at least every `sweep_interval`, to pick up holds written by other instances
+//! sharing the database; at start-up its first look expires whatever lapsed while the server
+//! was down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Wakeup;
+use crate::domain::Millis;
+use crate::store::HoldStore;
+
+#[derive(Clone, Debug)]
+pub struct TimerConfig {
+    /// Longest sleep between two looks at the index.
+    pub sweep_interval: Duration,
+    /// Holds expired in one transaction.
+    pub sweep_batch_max: u32,
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    store: Arc<dyn HoldStore>,
+    wakeup: Arc<Wakeup>,
+    config: TimerConfig,
+    shutdown: CancellationToken,
+) {
+    let retry_after_error = Duration::from_millis(500);
+    loop {
+        if let Err(error) = expire_all_due(store.as_ref(), config.sweep_batch_max).await {
+            tracing::error!(error = %error_chain(&error), "expiring due holds failed");
+            tokio::select! {
+                () = tokio::time::sleep(retry_after_error) => continue,
+                () = shutdown.cancelled() => return,
+            }
+        }
+        wakeup.forget();
+        let next = match store.next_expiry().await {
+            Ok(next) => next.unwrap_or(Millis(i64::MAX)),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "reading the next expiry failed");
+                Millis::now()
+            }
+        };
+        let interval_ms = i64::try_from(config.sweep_interval.as_millis()).unwrap_or(i64::MAX);
+        wakeup.lower_to(next.min(Millis::now() + Millis(interval_ms)));
+        // Sleep until the deadline; a store lowering it wakes us to sleep less.
+        loop {
+            let wait = (wakeup.deadline() - Millis::now()).0.max(0) as u64;
+            if wait == 0 {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait)) => break,
+                () = wakeup.notify.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Expires every hold due now, batch after batch; returns how many.
+pub async fn expire_all_due(
+    store: &dyn HoldStore,
+    batch_max: u32,
+) -> Result<usize, crate::store::StoreError> {
+    let mut total = 0;
+    loop {
+        let expired = store.expire_due(Millis::now(), batch_max).await?;
+        total += expired.len();
+        if expired.len() < batch_max as usize {
+            return Ok(total);
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,526 @@
+//! The database flow: holds are rows, changed in SeaORM transactions, on SQLite (the embedded
+//! default) or PostgreSQL.
+//!
+//! Stock lives in two counters per ticket type, `sold` and `held`, moved by conditional
+//! `UPDATE`s (`... WHERE capacity - sold - held >= q`) in the same transaction as the hold or
+//! order rows, so there is no read-then-write race and the counters cannot drift; a CHECK
+//! constraint refuses `sold + held > capacity` whatever happens.
+//!
+//! *Lock order*: a transaction locks hold rows first (in id order), then ticket type rows in
+//! ascending id order. Every writer follows it, so concurrent holds, releases, checkouts and
+//! expiries never deadlock.
+
+mod connect;
+mod convert;
+mod queries;
+
+pub use connect::connect;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use entity::{event, hold, order, order_item, ticket_type};
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+};
+use uuid::Uuid;
+
+use self::convert::{availability_of, hold_of, order_of};
+use super::{Drift, HoldStore, Outcome, StoreError, StoreResult};
+use crate::domain::{
+    Availability, CheckoutRequest, Event, EventId, Hold, HoldId, HoldRequest, HoldStatus, Limits,
+    Millis, NewTicketType, Order, OrderId, Rejection, TicketType, TicketTypeId, TtlSeconds,
+};
+use crate::events::Bus;
+use crate::expiry::Wakeup;
+use crate::expiry::timer::expire_all_due;
+
+/// Holds as database rows.
+pub struct DbStore {
+    db: DatabaseConnection,
+    bus: Bus,
+    wakeup: Arc<Wakeup>,
+    limits: Limits,
+}
+
+impl DbStore {
+    /// A store over a connected and migrated database. Changes are published on `bus` after
+    /// they commit; new expiries are scheduled on `wakeup`.
+    pub fn new(db: DatabaseConnection, bus: Bus, wakeup: Arc<Wakeup>, limits: Limits) -> DbStore {
+        DbStore {
+            db,
+            bus,
+            wakeup,
+            limits,
+        }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Reads and locks one hold (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite has one writer
+    /// at a time and needs no row lock).
+    async fn lock_hold(&self, txn: &DatabaseTransaction, id: HoldId) -> StoreResult<Option<Hold>> {
+        let Some(model) = hold::Entity::find_by_id(id.0)
+            .lock(LockType::Update)
+            .one(txn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut items = queries::hold_items(txn, &[model.id]).await?;
+        let items = items.remove(&model.id).unwrap_or_default();
+        Ok(Some(hold_of(model, items)?))
+    }
+
+    /// Publishes a committed hold change and the new stock of the ticket types it touched.
+    fn publish(&self, hold: &Hold, stock: Vec<ticket_type::Model>) {
+        self.bus.publish_hold(hold.clone());
+        for model in stock {
+            self.bus.publish_availability(availability_of(&model, 0));
+        }
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        request: &HoldRequest,
+        now: Millis,
+    ) -> StoreResult<Option<Outcome<Hold>>> {
+        let Some(key) = &request.idempotency_key else {
+            return Ok(None);
+        };
+        let found = hold::Entity::find()
+            .filter(hold::Column::CustomerId.eq(request.customer_id.as_str()))
+            .filter(hold::Column::IdempotencyKey.eq(key.as_str()))
+            .one(&self.db)
+            .await?;
+        let Some(found) = found else { return Ok(None) };
+        let hold = self
+            .get_hold(HoldId(found.id), now)
+            .await?
+            .ok_or_else(|| StoreError::Invariant(format!("hold {} vanished", found.id)))?;
+        let same = hold.event_id == request.event_id
+            && hold.items.len() == request.items.len()
+            && hold.items.iter().all(|item| {
+                request.items.get(&item.ticket_type_id).map(|q| q.get()) == Some(item.quantity)
+            });
+        if same {
+            Ok(Some(Ok(hold)))
+        } else {
+            Ok(Some(Err(Rejection::Invalid(
+                crate::domain::InvalidInput::new(
+                    "idempotencyKey was already used for a different hold",
+                ),
+            ))))
+        }
+    }
+
+    /// One attempt at a hold, in one transaction.
+    async fn try_hold(&self, request: &HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
+        let txn = self.db.begin().await?;
+        let types = queries::ticket_types(&txn, request.items.keys()).await?;
+        for id in request.items.keys() {
+            match types.get(id) {
+                Some(tt) if tt.event_id == request.event_id.0 => {}
+                _ => {
+                    return Ok(Err(Rejection::NotFound {
+                        what: "ticket type",
+                    }));
+                }
+            }
+        }
+        let mut stock = Vec::with_capacity(request.items.len());
+        for (id, quantity) in &request.items {
+            let quantity = quantity.get() as i32;
+            let Some(model) = queries::take_held(&txn, *id, quantity).await? else {
+                let tt = &types[id];
+                if let Some(rejection) =
+                    queries::limit_rejection(&txn, tt, &request.customer_id, quantity, now).await?
+                {
+                    return Ok(Err(rejection));
+                }
+                let fresh = queries::ticket_types(&txn, [id]).await?;
+                let available = fresh
+                    .get(id)
+                    .map_or(0, |tt| tt.capacity - tt.sold - tt.held);
+                return Ok(Err(Rejection::SoldOut {
+                    ticket_type_id: *id,
+                    available: available.max(0) as u32,
+                }));
+            };
+            // Checked after the row lock, so that concurrent holds of one customer are counted.
+            if let Some(rejection) =
+                queries::limit_rejection(&txn, &model, &request.customer_id, quantity, now).await?
+            {
+                return Ok(Err(rejection));
+            }
+            stock.push(model);
+        }
+        let hold = Hold {
+            id: HoldId::random(),
+            event_id: request.event_id,
+            customer_id: request.customer_id.clone(),
+            status: HoldStatus::Active,
+            items: request
+                .items
+                .iter()
+                .map(|(id, q)| crate::domain::HoldItem {
+                    ticket_type_id: *id,
+                    quantity: q.get(),
+                })
+                .collect(),
+            created_at: now,
+            expires_at: now + request.ttl.as_millis(),
+            ended_at: None,
+            idempotency_key: request.idempotency_key.clone(),
+        };
+        queries::insert_hold(&txn, &hold).await?;
+        txn.commit().await?;
+        self.wakeup.schedule(hold.expires_at);
+        self.publish(&hold, stock);
+        tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
+        Ok(Ok(hold))
+    }
+
+    /// Whether some active hold past its `expires_at` still counts as held on one of these
+    /// ticket types (its expiry has not been written yet).
+    async fn overdue_stock(&self, request: &HoldRequest, now: Millis) -> StoreResult<bool> {
+        let ids: Vec<TicketTypeId> = request.items.keys().copied().collect();
+        Ok(queries::overdue_held(&self.db, &ids, now)
+            .await?
+            .values()
+            .any(|q| *q > 0))
+    }
+}
+
+fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[async_trait::async_trait]
+impl HoldStore for DbStore {
+    async fn create_event(&self, name: String, now: Millis) -> StoreResult<Event> {
+        let model = event::ActiveModel {
+            id: Set(EventId::random().0),
+            name: Set(name),
+            created_at: Set(now.0),
+        };
+        let model = event::Entity::insert(model)
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(convert::event_of(model))
+    }
+
+    async fn events(&self) -> StoreResult<Vec<Event>> {
+        let models = event::Entity::find()
+            .order_by_asc(event::Column::CreatedAt)
+            .order_by_asc(event::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(models.into_iter().map(convert::event_of).collect())
+    }
+
+    async fn event(&self, id: EventId) -> StoreResult<Option<Event>> {
+        Ok(event::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+            .map(convert::event_of))
+    }
+
+    async fn create_ticket_type(
+        &self,
+        new: NewTicketType,
+        now: Millis,
+    ) -> StoreResult<Outcome<TicketType>> {
+        if self.event(new.event_id).await?.is_none() {
+            return Ok(Err(Rejection::NotFound { what: "event" }));
+        }
+        let model = ticket_type::ActiveModel {
+            id: Set(TicketTypeId::random().0),
+            event_id: Set(new.event_id.0),
+            name: Set(new.name),
+            price_cents: Set(new.price_cents),
+            capacity: Set(new.capacity as i32),
+            max_per_customer: Set(new.max_per_customer.map(|n| n as i32)),
+            sold: Set(0),
+            held: Set(0),
+            version: Set(0),
+            created_at: Set(now.0),
+        };
+        let model = ticket_type::Entity::insert(model)
+            .exec_with_returning(&self.db)
+            .await?;
+        self.bus.publish_availability(availability_of(&model, 0));
+        Ok(Ok(convert::ticket_type_of(model)))
+    }
+
+    async fn ticket_types(&self, event_id: EventId) -> StoreResult<Vec<TicketType>> {
+        let models = ticket_type::Entity::find()
+            .filter(ticket_type::Column::EventId.eq(event_id.0))
+            .order_by_asc(ticket_type::Column::CreatedAt)
+            .order_by_asc(ticket_type::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(models.into_iter().map(convert::ticket_type_of).collect())
+    }
+
+    async fn ticket_type(&self, id: TicketTypeId) -> StoreResult<Option<TicketType>> {
+        Ok(ticket_type::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await?
+            .map(convert::ticket_type_of))
+    }
+
+    async fn availability(
+        &self,
+        id: TicketTypeId,
+        now: Millis,
+    ) -> StoreResult<Option<Availability>> {
+        let Some(model) = ticket_type::Entity::find_by_id(id.0).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let overdue = queries::overdue_held(&self.db, &[id], now).await?;
+        Ok(Some(availability_of(
+            &model,
+            overdue.get(&id).copied().unwrap_or(0),
+        )))
+    }
+
+    async fn event_availability(
+        &self,
+        event_id: EventId,
+        now: Millis,
+    ) -> StoreResult<Vec<Availability>> {
+        let models = ticket_type::Entity::find()
+            .filter(ticket_type::Column::EventId.eq(event_id.0))
+            .order_by_asc(ticket_type::Column::CreatedAt)
+            .order_by_asc(ticket_type::Column::Id)
+            .all(&self.db)
+            .await?;
+        let ids: Vec<TicketTypeId> = models.iter().map(|m| TicketTypeId(m.id)).collect();
+        let overdue = queries::overdue_held(&self.db, &ids, now).await?;
+        Ok(models
+            .iter()
+            .map(|m| availability_of(m, overdue.get(&TicketTypeId(m.id)).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
+        if let Some(found) = self.find_by_idempotency_key(&request, now).await? {
+            return Ok(found);
+        }
+        if self.event(request.event_id).await?.is_none() {
+            return Ok(Err(Rejection::NotFound { what: "event" }));
+        }
+        // Availability never waits for the expiry timer: when holds past their `expires_at`
+        // stand in the way, expire them now and try once more.
+        let mut reclaimed = false;
+        loop {
+            match self.try_hold(&request, now).await {
+                Ok(Err(Rejection::SoldOut { .. }))
+                    if !reclaimed && self.overdue_stock(&request, now).await? =>
+                {
+                    reclaimed = true;
+                    expire_all_due(self, u32::MAX).await?;
+                }
+                // Two retries with one idempotency key raced: the loser returns the winner's.
+                Err(StoreError::Db(error)) if is_unique_violation(&error) => {
+                    return match self.find_by_idempotency_key(&request, now).await? {
+                        Some(found) => Ok(found),
+                        None => Err(StoreError::Db(error)),
+                    };
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn extend(&self, id: HoldId, ttl: TtlSeconds, now: Millis) -> StoreResult<Outcome<Hold>> {
+        let txn = self.db.begin().await?;
+        let Some(mut hold) = self.lock_hold(&txn, id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        if let Err(rejection) = hold.check_active(now) {
+            return Ok(Err(rejection));
+        }
+        hold.expires_at = hold.extended_expiry(now, ttl, &self.limits);
+        let updated = hold::Entity::update_many()
+            .col_expr(hold::Column::ExpiresAt, Expr::value(hold.expires_at.0))
+            .filter(hold::Column::Id.eq(id.0))
+            .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+            .filter(hold::Column::ExpiresAt.gt(now.0))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(StoreError::Invariant(format!(
+                "hold {id} changed while locked"
+            )));
+        }
+        txn.commit().await?;
+        self.wakeup.schedule(hold.expires_at);
+        self.publish(&hold, Vec::new());
+        tracing::info!(hold_id = %id, expires_at = hold.expires_at.0, "hold extended");
+        Ok(Ok(hold))
+    }
+
+    async fn release(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
+        let txn = self.db.begin().await?;
+        let Some(mut hold) = self.lock_hold(&txn, id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        if let Err(rejection) = hold.check_active(now) {
+            return Ok(Err(rejection));
+        }
+        queries::end_hold(&txn, &mut hold, HoldStatus::Released, now).await?;
+        let mut stock = Vec::with_capacity(hold.items.len());
+        for item in &hold.items {
+            stock
+                .push(queries::return_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
+        }
+        txn.commit().await?;
+        self.publish(&hold, stock);
+        tracing::info!(hold_id = %id, "hold released");
+        Ok(Ok(hold))
+    }
+
+    async fn checkout(&self, request: CheckoutRequest, now: Millis) -> StoreResult<Outcome<Order>> {
+        let txn = self.db.begin().await?;
+        let Some(mut hold) = self.lock_hold(&txn, request.hold_id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        if hold.status == HoldStatus::Confirmed {
+            drop(txn);
+            return match self.order_of_hold(hold.id).await? {
+                Some(order) => Ok(Ok(order)),
+                None => Err(StoreError::Invariant(format!(
+                    "hold {} has no order",
+                    hold.id
+                ))),
+            };
+        }
+        if let Err(rejection) = hold.check_active(now) {
+            return Ok(Err(rejection));
+        }
+        queries::end_hold(&txn, &mut hold, HoldStatus::Confirmed, now).await?;
+        let mut stock = Vec::with_capacity(hold.items.len());
+        for item in &hold.items {
+            stock.push(queries::sell_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
+        }
+        let order = queries::insert_order(&txn, &hold, &request, &stock, now).await?;
+        txn.commit().await?;
+        self.publish(&hold, stock);
+        tracing::info!(hold_id = %hold.id, order_id = %order.id, "hold confirmed");
+        Ok(Ok(order))
+    }
+
+    async fn get_hold(&self, id: HoldId, now: Millis) -> StoreResult<Option<Hold>> {
+        let Some(model) = hold::Entity::find_by_id(id.0).one(&self.db).await? else {
+            return Ok(None);
+        };
+        if model.status == HoldStatus::Active.as_str() && now.0 >= model.expires_at {
+            // Its expiry is due and not yet written: write it now rather than show a hold whose
+            // end time is unknown.
+            expire_all_due(self, u32::MAX).await?;
+            return Box::pin(self.get_hold(id, Millis::now().max(now))).await;
+        }
+        let mut items = queries::hold_items(&self.db, &[model.id]).await?;
+        let items = items.remove(&model.id).unwrap_or_default();
+        Ok(Some(hold_of(model, items)?))
+    }
+
+    async fn get_order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        let Some(model) = order::Entity::find_by_id(id.0).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let items = order_item::Entity::find()
+            .filter(order_item::Column::OrderId.eq(model.id))
+            .order_by_asc(order_item::Column::TicketTypeId)
+            .all(&self.db)
+            .await?;
+        Ok(Some(order_of(model, items)))
+    }
+
+    async fn order_of_hold(&self, hold_id: HoldId) -> StoreResult<Option<Order>> {
+        let found = order::Entity::find()
+            .filter(order::Column::HoldId.eq(hold_id.0))
+            .one(&self.db)
+            .await?;
+        match found {
+            Some(model) => self.get_order(OrderId(model.id)).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn expire_due(&self, now: Millis, batch_max: u32) -> StoreResult<Vec<Hold>> {
+        let txn = self.db.begin().await?;
+        // Other instances expiring the same holds skip the rows this one has locked.
+        let due: Vec<Uuid> = hold::Entity::find()
+            .select_only()
+            .column(hold::Column::Id)
+            .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+            .filter(hold::Column::ExpiresAt.lte(now.0))
+            .order_by_asc(hold::Column::ExpiresAt)
+            .order_by_asc(hold::Column::Id)
+            .limit(u64::from(batch_max.min(10_000)))
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only rows still active and due change: stock comes back once per hold.
+        let expired = hold::Entity::update_many()
+            .col_expr(
+                hold::Column::Status,
+                Expr::value(HoldStatus::Expired.as_str()),
+            )
+            .col_expr(hold::Column::EndedAt, Expr::value(now.0))
+            .filter(hold::Column::Id.is_in(due))
+            .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+            .filter(hold::Column::ExpiresAt.lte(now.0))
+            .exec_with_returning(&txn)
+            .await?;
+        let ids: Vec<Uuid> = expired.iter().map(|m| m.id).collect();
+        let mut items = queries::hold_items(&txn, &ids).await?;
+        let mut returned: BTreeMap<Uuid, i32> = BTreeMap::new();
+        for item in items.values().flatten() {
+            *returned.entry(item.ticket_type_id).or_default() += item.quantity;
+        }
+        let mut stock = Vec::with_capacity(returned.len());
+        for (id, quantity) in returned {
+            stock.push(queries::return_held(&txn, TicketTypeId(id), quantity).await?);
+        }
+        txn.commit().await?;
+        let mut holds = Vec::with_capacity(expired.len());
+        for model in expired {
+            let hold_items = items.remove(&model.id).unwrap_or_default();
+            let hold = hold_of(model, hold_items)?;
+            tracing::info!(hold_id = %hold.id, lag_ms = (now - hold.expires_at).0, "hold expired");
+            self.bus.publish_hold(hold.clone());
+            holds.push(hold);
+        }
+        for model in stock {
+            self.bus.publish_availability(availability_of(&model, 0));
+        }
+        Ok(holds)
+    }
+
+    async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+        let next: Option<Option<i64>> = hold::Entity::find()
+            .select_only()
+            .column_as(hold::Column::ExpiresAt.min(), "next")
+            .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(next.flatten().map(Millis))
+    }
+
+    async fn verify(&self) -> StoreResult<Vec<Drift>> {
+        queries::verify(&self.db).await
+    }
+}

@@ -1,0 +1,401 @@
+//! The statements of the database flow, each a small function over a connection or a
+//! transaction. Stock counters only move through `take_held`, `return_held` and `sell_held`,
+//! each a conditional `UPDATE ... RETURNING` that locks the ticket type row.
+
+use std::collections::BTreeMap;
+
+use entity::{hold, hold_item, order, order_item, ticket_type};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QuerySelect,
+};
+use uuid::Uuid;
+
+use crate::domain::{
+    CheckoutRequest, CustomerId, Hold, HoldStatus, Millis, Order, OrderId, Rejection, TicketTypeId,
+};
+use crate::store::{Drift, StoreError, StoreResult};
+
+pub async fn ticket_types<'a, C: ConnectionTrait>(
+    conn: &C,
+    ids: impl IntoIterator<Item = &'a TicketTypeId>,
+) -> StoreResult<BTreeMap<TicketTypeId, ticket_type::Model>> {
+    let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
+    let models = ticket_type::Entity::find()
+        .filter(ticket_type::Column::Id.is_in(ids))
+        .all(conn)
+        .await?;
+    Ok(models
+        .into_iter()
+        .map(|m| (TicketTypeId(m.id), m))
+        .collect())
+}
+
+/// Moves `quantity` tickets from available to held if that many are available; `None` if not.
+pub async fn take_held(
+    txn: &DatabaseTransaction,
+    id: TicketTypeId,
+    quantity: i32,
+) -> StoreResult<Option<ticket_type::Model>> {
+    use ticket_type::Column::{Capacity, Held, Id, Sold, Version};
+    let mut updated = ticket_type::Entity::update_many()
+        .col_expr(Held, Expr::col(Held).add(quantity))
+        .col_expr(Version, Expr::col(Version).add(1))
+        .filter(Id.eq(id.0))
+        .filter(
+            Expr::col(Capacity)
+                .sub(Expr::col(Sold))
+                .sub(Expr::col(Held))
+                .gte(quantity),
+        )
+        .exec_with_returning(txn)
+        .await?;
+    Ok(updated.pop())
+}
+
+/// Gives `quantity` held tickets back to sale.
+pub async fn return_held(
+    txn: &DatabaseTransaction,
+    id: TicketTypeId,
+    quantity: i32,
+) -> StoreResult<ticket_type::Model> {
+    use ticket_type::Column::{Held, Id, Version};
+    let mut updated = ticket_type::Entity::update_many()
+        .col_expr(Held, Expr::col(Held).sub(quantity))
+        .col_expr(Version, Expr::col(Version).add(1))
+        .filter(Id.eq(id.0))
+        .filter(Expr::col(Held).gte(quantity))
+        .exec_with_returning(txn)
+        .await?;
+    updated.pop().ok_or_else(|| {
+        StoreError::Invariant(format!(
+            "ticket type {id} holds fewer than {quantity} tickets"
+        ))
+    })
+}
+
+/// Turns `quantity` held tickets into sold ones, checking again that the ticket type is not
+/// oversold (the note's double-check at payment).
+pub async fn sell_held(
+    txn: &DatabaseTransaction,
+    id: TicketTypeId,
+    quantity: i32,
+) -> StoreResult<ticket_type::Model> {
+    use ticket_type::Column::{Capacity, Held, Id, Sold, Version};
+    let mut updated = ticket_type::Entity::update_many()
+        .col_expr(Held, Expr::col(Held).sub(quantity))
+        .col_expr(Sold, Expr::col(Sold).add(quantity))
+        .col_expr(Version, Expr::col(Version).add(1))
+        .filter(Id.eq(id.0))
+        .filter(Expr::col(Held).gte(quantity))
+        .filter(Expr::col(Sold).add(quantity).lte(Expr::col(Capacity)))
+        .exec_with_returning(txn)
+        .await?;
+    updated.pop().ok_or_else(|| {
+        StoreError::Invariant(format!(
+            "ticket type {id} cannot sell {quantity} held tickets"
+        ))
+    })
+}
+
+/// The tickets of a ticket type that a customer has in active holds (not past their
+/// `expires_at`) and in orders.
+pub async fn customer_quantity<C: ConnectionTrait>(
+    conn: &C,
+    customer_id: &CustomerId,
+    ticket_type_id: TicketTypeId,
+    now: Millis,
+) -> StoreResult<i64> {
+    let counted = Expr::col((hold::Entity, hold::Column::Status))
+        .eq(HoldStatus::Confirmed.as_str())
+        .or(Expr::col((hold::Entity, hold::Column::Status))
+            .eq(HoldStatus::Active.as_str())
+            .and(Expr::col((hold::Entity, hold::Column::ExpiresAt)).gt(now.0)));
+    let total: Option<Option<i64>> = hold_item::Entity::find()
+        .select_only()
+        .column_as(hold_item::Column::Quantity.sum(), "total")
+        .inner_join(hold::Entity)
+        .filter(hold::Column::CustomerId.eq(customer_id.as_str()))
+        .filter(hold_item::Column::TicketTypeId.eq(ticket_type_id.0))
+        .filter(counted)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(total.flatten().unwrap_or(0))
+}
+
+/// `LimitExceeded` if `quantity` more tickets would take the customer past the ticket type's
+/// `max_per_customer`.
+pub async fn limit_rejection(
+    txn: &DatabaseTransaction,
+    tt: &ticket_type::Model,
+    customer_id: &CustomerId,
+    quantity: i32,
+    now: Millis,
+) -> StoreResult<Option<Rejection>> {
+    let Some(max) = tt.max_per_customer else {
+        return Ok(None);
+    };
+    let already = customer_quantity(txn, customer_id, TicketTypeId(tt.id), now).await?;
+    if already + i64::from(quantity) <= i64::from(max) {
+        return Ok(None);
+    }
+    // The hold may include the quantity just taken in this transaction: it is not counted
+    // here, since its hold row is not written yet.
+    Ok(Some(Rejection::LimitExceeded {
+        ticket_type_id: TicketTypeId(tt.id),
+        max_per_customer: Ord::max(max, 0) as u32,
+        already: Ord::max(already, 0) as u32,
+    }))
+}
+
+pub async fn insert_hold(txn: &DatabaseTransaction, hold: &Hold) -> StoreResult<()> {
+    hold::Entity::insert(hold::ActiveModel {
+        id: Set(hold.id.0),
+        event_id: Set(hold.event_id.0),
+        customer_id: Set(hold.customer_id.as_str().to_owned()),
+        status: Set(hold.status.as_str().to_owned()),
+        created_at: Set(hold.created_at.0),
+        expires_at: Set(hold.expires_at.0),
+        ended_at: Set(None),
+        idempotency_key: Set(hold.idempotency_key.clone()),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    hold_item::Entity::insert_many(hold.items.iter().map(|item| hold_item::ActiveModel {
+        hold_id: Set(hold.id.0),
+        ticket_type_id: Set(item.ticket_type_id.0),
+        quantity: Set(item.quantity as i32),
+    }))
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
+/// Ends an active hold that the transaction has locked and checked.
+pub async fn end_hold(
+    txn: &DatabaseTransaction,
+    hold: &mut Hold,
+    status: HoldStatus,
+    now: Millis,
+) -> StoreResult<()> {
+    let updated = hold::Entity::update_many()
+        .col_expr(hold::Column::Status, Expr::value(status.as_str()))
+        .col_expr(hold::Column::EndedAt, Expr::value(now.0))
+        .filter(hold::Column::Id.eq(hold.id.0))
+        .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+        .filter(hold::Column::ExpiresAt.gt(now.0))
+        .exec(txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Err(StoreError::Invariant(format!(
+            "hold {} changed while locked",
+            hold.id
+        )));
+    }
+    hold.status = status;
+    hold.ended_at = Some(now);
+    Ok(())
+}
+
+/// Writes the order of a hold being confirmed, with the prices of `stock` (the ticket types
+/// just sold, as `sell_held` returned them).
+pub async fn insert_order(
+    txn: &DatabaseTransaction,
+    hold: &Hold,
+    request: &CheckoutRequest,
+    stock: &[ticket_type::Model],
+    now: Millis,
+) -> StoreResult<Order> {
+    let price = |id: TicketTypeId| {
+        stock
+            .iter()
+            .find(|m| m.id == id.0)
+            .map(|m| m.price_cents)
+            .unwrap_or_default()
+    };
+    let items: Vec<crate::domain::OrderItem> = hold
+        .items
+        .iter()
+        .map(|item| crate::domain::OrderItem {
+            ticket_type_id: item.ticket_type_id,
+            quantity: item.quantity,
+            unit_price_cents: price(item.ticket_type_id),
+        })
+        .collect();
+    let order = Order {
+        id: OrderId::random(),
+        hold_id: hold.id,
+        customer_id: hold.customer_id.clone(),
+        payment_reference: request.payment_reference.clone(),
+        total_cents: items
+            .iter()
+            .map(|i| i64::from(i.quantity) * i.unit_price_cents)
+            .sum(),
+        items,
+        created_at: now,
+    };
+    order::Entity::insert(order::ActiveModel {
+        id: Set(order.id.0),
+        hold_id: Set(order.hold_id.0),
+        customer_id: Set(order.customer_id.as_str().to_owned()),
+        payment_reference: Set(order.payment_reference.clone()),
+        idempotency_key: Set(request.idempotency_key.clone()),
+        total_cents: Set(order.total_cents),
+        created_at: Set(now.0),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    order_item::Entity::insert_many(order.items.iter().map(|item| order_item::ActiveModel {
+        order_id: Set(order.id.0),
+        ticket_type_id: Set(item.ticket_type_id.0),
+        quantity: Set(item.quantity as i32),
+        unit_price_cents: Set(item.unit_price_cents),
+    }))
+    .exec_without_returning(txn)
+    .await?;
+    Ok(order)
+}
+
+/// The items of some holds, by hold id.
+pub async fn hold_items<C: ConnectionTrait>(
+    conn: &C,
+    hold_ids: &[Uuid],
+) -> StoreResult<BTreeMap<Uuid, Vec<hold_item::Model>>> {
+    let mut by_hold: BTreeMap<Uuid, Vec<hold_item::Model>> = BTreeMap::new();
+    // Bounded chunks keep every statement under the databases' bind-parameter limits.
+    for chunk in hold_ids.chunks(500) {
+        let items = hold_item::Entity::find()
+            .filter(hold_item::Column::HoldId.is_in(chunk.iter().copied()))
+            .all(conn)
+            .await?;
+        for item in items {
+            by_hold.entry(item.hold_id).or_default().push(item);
+        }
+    }
+    Ok(by_hold)
+}
+
+/// Tickets per ticket type in active holds already past their `expires_at` (found through the
+/// `(status, expires_at)` index): held on the counters, but no longer for buyers.
+pub async fn overdue_held<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[TicketTypeId],
+    now: Millis,
+) -> StoreResult<BTreeMap<TicketTypeId, i64>> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<(Uuid, Option<i64>)> = hold_item::Entity::find()
+        .select_only()
+        .column(hold_item::Column::TicketTypeId)
+        .column_as(hold_item::Column::Quantity.sum(), "total")
+        .inner_join(hold::Entity)
+        .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+        .filter(hold::Column::ExpiresAt.lte(now.0))
+        .filter(hold_item::Column::TicketTypeId.is_in(ids.iter().map(|id| id.0)))
+        .group_by(hold_item::Column::TicketTypeId)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, total)| (TicketTypeId(id), total.unwrap_or(0)))
+        .collect())
+}
+
+/// Recomputes the counters of every ticket type from holds and orders, and checks that every
+/// confirmed hold has its order and every order a confirmed hold.
+pub async fn verify<C: ConnectionTrait>(conn: &C) -> StoreResult<Vec<Drift>> {
+    let held: BTreeMap<Uuid, i64> = hold_item::Entity::find()
+        .select_only()
+        .column(hold_item::Column::TicketTypeId)
+        .column_as(hold_item::Column::Quantity.sum(), "total")
+        .inner_join(hold::Entity)
+        .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+        .group_by(hold_item::Column::TicketTypeId)
+        .into_tuple::<(Uuid, Option<i64>)>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|(id, total)| (id, total.unwrap_or(0)))
+        .collect();
+    let sold: BTreeMap<Uuid, i64> = order_item::Entity::find()
+        .select_only()
+        .column(order_item::Column::TicketTypeId)
+        .column_as(order_item::Column::Quantity.sum(), "total")
+        .group_by(order_item::Column::TicketTypeId)
+        .into_tuple::<(Uuid, Option<i64>)>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|(id, total)| (id, total.unwrap_or(0)))
+        .collect();
+    let mut drifts = Vec::new();
+    for tt in ticket_type::Entity::find().all(conn).await? {
+        let ticket_type_id = TicketTypeId(tt.id);
+        let actual_held = held.get(&tt.id).copied().unwrap_or(0);
+        let actual_sold = sold.get(&tt.id).copied().unwrap_or(0);
+        if actual_held != i64::from(tt.held) || actual_sold != i64::from(tt.sold) {
+            drifts.push(Drift::Counters {
+                ticket_type_id,
+                counted_sold: tt.sold.into(),
+                counted_held: tt.held.into(),
+                actual_sold,
+                actual_held,
+            });
+        }
+        if i64::from(tt.sold) + i64::from(tt.held) > i64::from(tt.capacity) {
+            drifts.push(Drift::OverCapacity {
+                ticket_type_id,
+                capacity: tt.capacity.into(),
+                sold: tt.sold.into(),
+                held: tt.held.into(),
+            });
+        }
+    }
+    let orphans: Vec<Uuid> = hold::Entity::find()
+        .select_only()
+        .column(hold::Column::Id)
+        .filter(hold::Column::Status.eq(HoldStatus::Confirmed.as_str()))
+        .filter(
+            hold::Column::Id.not_in_subquery(
+                Query::select()
+                    .column(order::Column::HoldId)
+                    .from(order::Entity)
+                    .to_owned(),
+            ),
+        )
+        .into_tuple()
+        .all(conn)
+        .await?;
+    drifts.extend(orphans.into_iter().map(|id| Drift::ConfirmedWithoutOrder {
+        hold_id: crate::domain::HoldId(id),
+    }));
+    let strays: Vec<(Uuid, Uuid)> = order::Entity::find()
+        .select_only()
+        .column(order::Column::Id)
+        .column(order::Column::HoldId)
+        .filter(
+            order::Column::HoldId.in_subquery(
+                Query::select()
+                    .column(hold::Column::Id)
+                    .from(hold::Entity)
+                    .and_where(hold::Column::Status.ne(HoldStatus::Confirmed.as_str()))
+                    .to_owned(),
+            ),
+        )
+        .into_tuple()
+        .all(conn)
+        .await?;
+    drifts.extend(
+        strays
+            .into_iter()
+            .map(|(order_id, hold_id)| Drift::OrderOfUnconfirmedHold {
+                order_id: OrderId(order_id),
+                hold_id: crate::domain::HoldId(hold_id),
+            }),
+    );
+    Ok(drifts)
+}
