@@ -1,1 +1,110 @@
-fn main() {}
+//! The `tickethold` command: `serve` runs the service, `verify` checks the stock counters
+//! against the holds and orders, `schema` prints the GraphQL SDL.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tickethold::app::{self, Config};
+use tickethold::store::HoldStore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Temporary ticket holds over GraphQL, with live countdowns"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the GraphQL API (GraphiQL at /graphql).
+    Serve(Box<Config>),
+    /// Recompute sold and held of every ticket type from the holds and orders and report any
+    /// drift; exits with 1 when there is one.
+    Verify {
+        #[arg(long, env = "DATABASE_URL", default_value = app::DATABASE_URL_DEFAULT, hide_env_values = true)]
+        database_url: String,
+    },
+    /// Print the GraphQL schema (SDL), as committed in schema.graphql.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app::serve(listener, *config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { database_url } => {
+            let store = app::open_store(&database_url).await?;
+            let drifts = store.verify().await?;
+            if drifts.is_empty() {
+                println!("ok: every counter matches the holds and orders");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for drift in &drifts {
+                println!("DRIFT {drift}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Schema => {
+            print!("{}", tickethold::graphql::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+}

@@ -32,7 +32,7 @@ impl Default for Limits {
             items_per_hold_max: 20,
             quantity_max: 100,
             capacity_max: 10_000_000,
-            price_cents_max: 100_000_000_00,
+            price_cents_max: 1_000_000_000,
             customer_id_len_max: 128,
             idempotency_key_len_max: 128,
             text_len_max: 200,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Wakeup;
 use crate::domain::Millis;
+use crate::error_chain;
 use crate::store::HoldStore;
 
 #[derive(Clone, Debug)]
@@ -76,15 +77,4 @@ pub async fn expire_all_due(
             return Ok(total);
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

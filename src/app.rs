@@ -1,0 +1,193 @@
+//! Configuration and start-up: one clap struct (flags that also read environment variables)
+//! and [`serve`], which runs the whole service on a listener until told to stop, so that tests
+//! can bind port 0 and shut the server down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Limits;
+use crate::events::Bus;
+use crate::expiry::Wakeup;
+use crate::expiry::timer::{self, TimerConfig};
+use crate::graphql::{self, QueryLimits, Services};
+use crate::store::HoldStore;
+use crate::store::db::{self, DbStore};
+
+/// The embedded default: a SQLite file under `./data/`, created if missing.
+pub const DATABASE_URL_DEFAULT: &str = "sqlite://data/tickethold.db?mode=rwc";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TICKETHOLD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// `sqlite://path?mode=rwc` (the embedded default) or `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DATABASE_URL_DEFAULT, hide_env_values = true)]
+    pub database_url: String,
+
+    /// Connections in the PostgreSQL pool (SQLite always uses one).
+    #[arg(
+        long,
+        env = "TICKETHOLD_DATABASE_CONNECTIONS_MAX",
+        default_value_t = 16
+    )]
+    pub database_connections_max: u32,
+
+    /// TTL of a hold when the client sends none, in seconds.
+    #[arg(long, env = "TICKETHOLD_HOLD_TTL_SECS_DEFAULT", default_value_t = 900)]
+    pub hold_ttl_secs_default: u32,
+
+    /// Largest TTL a client may ask for, in seconds.
+    #[arg(long, env = "TICKETHOLD_HOLD_TTL_SECS_MAX", default_value_t = 3600)]
+    pub hold_ttl_secs_max: u32,
+
+    /// Longest a hold may live from its creation, extensions included, in seconds.
+    #[arg(
+        long,
+        env = "TICKETHOLD_HOLD_LIFETIME_SECS_MAX",
+        default_value_t = 3600
+    )]
+    pub hold_lifetime_secs_max: u32,
+
+    /// Items (ticket types) in one hold.
+    #[arg(long, env = "TICKETHOLD_ITEMS_PER_HOLD_MAX", default_value_t = 20)]
+    pub items_per_hold_max: u32,
+
+    /// Tickets of one type in one hold.
+    #[arg(long, env = "TICKETHOLD_QUANTITY_MAX", default_value_t = 100)]
+    pub quantity_max: u32,
+
+    /// Deepest GraphQL selection accepted (GraphiQL's introspection needs 13).
+    #[arg(long, env = "TICKETHOLD_QUERY_DEPTH_MAX", default_value_t = 16)]
+    pub query_depth_max: usize,
+
+    /// Largest GraphQL query complexity accepted.
+    #[arg(long, env = "TICKETHOLD_QUERY_COMPLEXITY_MAX", default_value_t = 5000)]
+    pub query_complexity_max: usize,
+
+    /// Longest the expiry timer sleeps between two looks at the `expires_at` index, in
+    /// seconds (it wakes at every hold's `expires_at` anyway; this catches holds written by
+    /// other instances sharing the database).
+    #[arg(long, env = "TICKETHOLD_SWEEP_INTERVAL_SECS", default_value_t = 30)]
+    pub sweep_interval_secs: u32,
+
+    /// Holds expired in one transaction.
+    #[arg(long, env = "TICKETHOLD_SWEEP_BATCH_MAX", default_value_t = 1000)]
+    pub sweep_batch_max: u32,
+
+    /// Changes a subscriber may fall behind before it lags (it then re-reads the store).
+    #[arg(long, env = "TICKETHOLD_BUS_CAPACITY", default_value_t = 4096)]
+    pub bus_capacity: usize,
+}
+
+impl Config {
+    /// A configuration for `database_url` with every other setting at its default.
+    pub fn with_database(database_url: impl Into<String>) -> Config {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut config = Wrapper::parse_from(["tickethold"]).config;
+        config.database_url = database_url.into();
+        config
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            hold_ttl_secs_default: self.hold_ttl_secs_default,
+            hold_ttl_secs_max: self.hold_ttl_secs_max,
+            hold_lifetime_secs_max: self.hold_lifetime_secs_max,
+            items_per_hold_max: self.items_per_hold_max,
+            quantity_max: self.quantity_max,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then finishes the requests in
+/// flight and returns. Every acknowledged change was committed before it was acknowledged, so
+/// stopping loses nothing.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let limits = config.limits();
+    limits
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid limits")?;
+    let connection = db::connect(&config.database_url, config.database_connections_max)
+        .await
+        .context("cannot open the database")?;
+    let bus = Bus::new(config.bus_capacity);
+    let wakeup = Arc::new(Wakeup::default());
+    let store: Arc<dyn HoldStore> = Arc::new(DbStore::new(
+        connection,
+        bus.clone(),
+        wakeup.clone(),
+        limits.clone(),
+    ));
+
+    let timer_config = TimerConfig {
+        sweep_interval: Duration::from_secs(u64::from(config.sweep_interval_secs.max(1))),
+        sweep_batch_max: config.sweep_batch_max.max(1),
+    };
+    // Holds that lapsed while the server was down expire before the first request.
+    let lapsed = timer::expire_all_due(store.as_ref(), timer_config.sweep_batch_max).await?;
+    if lapsed > 0 {
+        tracing::info!(
+            lapsed,
+            "expired holds that lapsed while the server was down"
+        );
+    }
+    let timer_task = tokio::spawn(timer::run(
+        store.clone(),
+        wakeup,
+        timer_config,
+        shutdown.clone(),
+    ));
+
+    let services = Services {
+        store,
+        bus,
+        limits,
+        shutdown: shutdown.clone(),
+    };
+    let query_limits = QueryLimits {
+        query_depth_max: config.query_depth_max,
+        query_complexity_max: config.query_complexity_max,
+    };
+    let schema = graphql::build_schema(services.clone(), &query_limits);
+    let router = crate::http::router(schema, services);
+    tracing::info!(address = %listener.local_addr()?, "serving GraphQL at /graphql");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("server failed")?;
+    shutdown.cancel();
+    timer_task.await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A store over `database_url` with default limits, for `verify` and other one-off commands.
+pub async fn open_store(database_url: &str) -> anyhow::Result<DbStore> {
+    let connection = db::connect(database_url, 4)
+        .await
+        .context("cannot open the database")?;
+    Ok(DbStore::new(
+        connection,
+        Bus::new(1),
+        Arc::new(Wakeup::default()),
+        Limits::default(),
+    ))
+}

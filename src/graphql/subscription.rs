@@ -1,0 +1,190 @@
+//! The subscription root: a live countdown of one hold, the holds of an event as they expire,
+//! and the stock of an event's ticket types as it changes. All three read the [`Bus`]; they
+//! subscribe before they read the store, so no change falls between the two, and they end at
+//! shutdown so that connections can close.
+//!
+//! [`Bus`]: crate::events::Bus
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_graphql::{Context, ID, Subscription};
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use super::types::{Availability, HoldCountdown, HoldExpired};
+use super::{Services, parse_id};
+use crate::domain::{EventId, HoldId, HoldStatus, Millis, Rejection, TicketTypeId};
+use crate::events::{Change, Topic};
+
+/// How long a countdown waits, past `expiresAt`, for the expiry to be announced before it
+/// reads the store itself (which writes the expiry if nobody has).
+const EXPIRY_GRACE: Duration = Duration::from_millis(1000);
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// The hold now, then once a second (each time `secondsLeft` drops), and a last event with
+    /// the terminal status (EXPIRED, RELEASED or CONFIRMED), after which the stream completes.
+    /// An extension is pushed at once.
+    async fn hold_countdown(
+        &self,
+        ctx: &Context<'_>,
+        hold_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = HoldCountdown> + use<>> {
+        let services = ctx.data_unchecked::<Services>().clone();
+        let id: HoldId = parse_id(&hold_id)?;
+        let mut changes = services.bus.subscribe(Topic::Hold(id));
+        let Some(mut hold) = services
+            .store
+            .get_hold(id, Millis::now())
+            .await
+            .map_err(ApiError::from)?
+        else {
+            return Err(ApiError::from(Rejection::NotFound { what: "hold" }).into());
+        };
+        Ok(async_stream::stream! {
+            loop {
+                let now = Millis::now();
+                if hold.status.is_terminal() {
+                    yield HoldCountdown::of(&hold, now);
+                    break;
+                }
+                let overdue = now >= hold.expires_at;
+                if !overdue {
+                    yield HoldCountdown::of(&hold, now);
+                }
+                // Sleep until `secondsLeft` drops (1 ms past the whole second), or past the
+                // expiry until the grace runs out; a change of the hold wakes us at once.
+                let wait = if overdue {
+                    EXPIRY_GRACE
+                } else {
+                    Duration::from_millis(((hold.expires_at - now).0 % 1000) as u64 + 1)
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {
+                        if overdue {
+                            match services.store.get_hold(id, Millis::now()).await {
+                                Ok(Some(fresh)) => hold = fresh,
+                                Ok(None) => break,
+                                Err(error) => {
+                                    tracing::warn!(error = %crate::error_chain(&error), hold_id = %id, "countdown cannot read its hold");
+                                }
+                            }
+                        }
+                    }
+                    change = changes.recv() => match change {
+                        Ok(Change::Hold(changed)) if changed.id == id => hold = (*changed).clone(),
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => {
+                            if let Ok(Some(fresh)) = services.store.get_hold(id, Millis::now()).await {
+                                hold = fresh;
+                            }
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
+                    () = services.shutdown.cancelled() => break,
+                }
+            }
+        })
+    }
+
+    /// Every hold of the event that expires, once, when its stock is back on sale.
+    async fn hold_expired(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = HoldExpired> + use<>> {
+        let services = ctx.data_unchecked::<Services>().clone();
+        let id: EventId = parse_id(&event_id)?;
+        let mut changes = services.bus.subscribe(Topic::Event(id));
+        if services
+            .store
+            .event(id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::from(Rejection::NotFound { what: "event" }).into());
+        }
+        Ok(async_stream::stream! {
+            loop {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(Change::Hold(hold)) if hold.status == HoldStatus::Expired => {
+                            yield HoldExpired::of(&hold);
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(event_id = %id, missed, "holdExpired subscriber lagged");
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
+                    () = services.shutdown.cancelled() => break,
+                }
+            }
+        })
+    }
+
+    /// The stock of each ticket type of the event: every ticket type at once, then each one
+    /// after it changes. Bursts may be coalesced; the latest value always arrives.
+    async fn availability_changed(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = Availability> + use<>> {
+        let services = ctx.data_unchecked::<Services>().clone();
+        let id: EventId = parse_id(&event_id)?;
+        let mut changes = services.bus.subscribe(Topic::Event(id));
+        if services
+            .store
+            .event(id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::from(Rejection::NotFound { what: "event" }).into());
+        }
+        let current = services.store.event_availability(id, Millis::now()).await;
+        let current = current.map_err(ApiError::from)?;
+        Ok(async_stream::stream! {
+            // The newest version sent per ticket type: older snapshots arriving late are dropped.
+            let mut sent: HashMap<TicketTypeId, i64> = HashMap::new();
+            for availability in current {
+                sent.insert(availability.ticket_type_id, availability.version);
+                yield availability.into();
+            }
+            loop {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(Change::Availability(availability)) => {
+                            let last = sent.entry(availability.ticket_type_id).or_insert(-1);
+                            if availability.version > *last {
+                                *last = availability.version;
+                                yield availability.into();
+                            }
+                        }
+                        Ok(Change::Hold(_)) => {}
+                        Err(RecvError::Lagged(_)) => {
+                            // Fell behind: the store has the latest of everything missed.
+                            let Ok(fresh) = services.store.event_availability(id, Millis::now()).await else {
+                                continue;
+                            };
+                            for availability in fresh {
+                                let last = sent.entry(availability.ticket_type_id).or_insert(-1);
+                                if availability.version >= *last {
+                                    *last = availability.version;
+                                    yield availability.into();
+                                }
+                            }
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
+                    () = services.shutdown.cancelled() => break,
+                }
+            }
+        })
+    }
+}
