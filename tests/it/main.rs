@@ -1,1 +1,11 @@
-fn main() {}
+//! The one test binary of tickethold: black-box tests over HTTP and WebSocket, the store
+//! conformance suite, the seeded model test and the crash test.
+
+mod bad_input;
+mod conformance;
+mod contention;
+mod crash;
+mod lifecycle;
+mod model;
+mod schema;
+mod support;

@@ -1,0 +1,29 @@
+//! Test support: fresh databases, a server bound to port 0, a GraphQL client over HTTP and a
+//! subscription client over WebSocket.
+
+pub mod db;
+pub mod server;
+pub mod ws;
+
+pub use db::TestDb;
+pub use server::TestServer;
+pub use ws::{Protocol, Subscription};
+
+use serde_json::Value;
+
+/// `extensions.code` of the first error of a GraphQL response, if any.
+pub fn error_code(response: &Value) -> Option<String> {
+    response["errors"][0]["extensions"]["code"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The `data` of a response that must have no error.
+#[track_caller]
+pub fn data(response: &Value) -> &Value {
+    assert!(
+        response.get("errors").is_none(),
+        "unexpected errors: {response}"
+    );
+    &response["data"]
+}
