@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Limits;
+use crate::domain::{Limits, Millis};
 use crate::events::Bus;
 use crate::expiry::Wakeup;
 use crate::expiry::timer::{self, TimerConfig};
@@ -142,7 +142,8 @@ pub async fn serve(
         sweep_batch_max: config.sweep_batch_max.max(1),
     };
     // Holds that lapsed while the server was down expire before the first request.
-    let lapsed = timer::expire_all_due(store.as_ref(), timer_config.sweep_batch_max).await?;
+    let lapsed =
+        timer::expire_all_due(store.as_ref(), Millis::now(), timer_config.sweep_batch_max).await?;
     if lapsed > 0 {
         tracing::info!(
             lapsed,

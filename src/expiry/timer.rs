@@ -32,7 +32,8 @@ pub async fn run(
 ) {
     let retry_after_error = Duration::from_millis(500);
     loop {
-        if let Err(error) = expire_all_due(store.as_ref(), config.sweep_batch_max).await {
+        let expired = expire_all_due(store.as_ref(), Millis::now(), config.sweep_batch_max).await;
+        if let Err(error) = expired {
             tracing::error!(error = %error_chain(&error), "expiring due holds failed");
             tokio::select! {
                 () = tokio::time::sleep(retry_after_error) => continue,
@@ -64,14 +65,15 @@ pub async fn run(
     }
 }
 
-/// Expires every hold due now, batch after batch; returns how many.
+/// Expires every hold due at `now`, batch after batch; returns how many.
 pub async fn expire_all_due(
     store: &dyn HoldStore,
+    now: Millis,
     batch_max: u32,
 ) -> Result<usize, crate::store::StoreError> {
     let mut total = 0;
     loop {
-        let expired = store.expire_due(Millis::now(), batch_max).await?;
+        let expired = store.expire_due(now, batch_max).await?;
         total += expired.len();
         if expired.len() < batch_max as usize {
             return Ok(total);

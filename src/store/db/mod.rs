@@ -37,6 +37,9 @@ use crate::events::Bus;
 use crate::expiry::Wakeup;
 use crate::expiry::timer::expire_all_due;
 
+/// Holds expired in one transaction when a request finds overdue holds in its way.
+const RECLAIM_BATCH_MAX: u32 = 1000;
+
 /// Holds as database rows.
 pub struct DbStore {
     db: DatabaseConnection,
@@ -324,7 +327,7 @@ impl HoldStore for DbStore {
                     if !reclaimed && self.overdue_stock(&request, now).await? =>
                 {
                     reclaimed = true;
-                    expire_all_due(self, u32::MAX).await?;
+                    expire_all_due(self, now, RECLAIM_BATCH_MAX).await?;
                 }
                 // Two retries with one idempotency key raced: the loser returns the winner's.
                 Err(StoreError::Db(error)) if is_unique_violation(&error) => {
@@ -423,8 +426,8 @@ impl HoldStore for DbStore {
         if model.status == HoldStatus::Active.as_str() && now.0 >= model.expires_at {
             // Its expiry is due and not yet written: write it now rather than show a hold whose
             // end time is unknown.
-            expire_all_due(self, u32::MAX).await?;
-            return Box::pin(self.get_hold(id, Millis::now().max(now))).await;
+            expire_all_due(self, now, RECLAIM_BATCH_MAX).await?;
+            return Box::pin(self.get_hold(id, now)).await;
         }
         let mut items = queries::hold_items(&self.db, &[model.id]).await?;
         let items = items.remove(&model.id).unwrap_or_default();
