@@ -1,9 +1,10 @@
 //! The bus that subscriptions read: every committed change of a hold or of a ticket type's
 //! stock, published by the store after its transaction commits.
 //!
-//! Topics are per hold (what `holdCountdown` reads) and per event (holds of the event and the
-//! availability of its ticket types: what `holdExpired` and `availabilityChanged` read), so a
-//! subscriber only ever sees messages it may want. A topic exists while it has receivers; a
+//! Topics are per hold (what `holdCountdown` reads), per event for its expired holds (what
+//! `holdExpired` reads) and per event for the stock of its ticket types (what
+//! `availabilityChanged` reads), so a subscriber only ever sees messages it wants: a flood of
+//! new holds never crowds out an expiry. A topic exists while it has receivers; a
 //! change nobody watches costs one map look-up.
 //!
 //! Delivery is best effort per receiver (a slow one can lag); readers that must never miss the
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::domain::{Availability, EventId, Hold, HoldId};
+use crate::domain::{Availability, EventId, Hold, HoldId, HoldStatus};
 
 /// One committed change.
 #[derive(Clone, Debug)]
@@ -27,8 +28,12 @@ pub enum Change {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
+    /// Every change of one hold.
     Hold(HoldId),
-    Event(EventId),
+    /// The holds of an event that expire.
+    Expired(EventId),
+    /// The stock of the ticket types of an event.
+    Stock(EventId),
 }
 
 /// An in-process publish/subscribe bus, cheap to clone.
@@ -58,12 +63,14 @@ impl Bus {
     pub fn publish_hold(&self, hold: Hold) {
         let hold = Arc::new(hold);
         self.send(Topic::Hold(hold.id), Change::Hold(hold.clone()));
-        self.send(Topic::Event(hold.event_id), Change::Hold(hold));
+        if hold.status == HoldStatus::Expired {
+            self.send(Topic::Expired(hold.event_id), Change::Hold(hold));
+        }
     }
 
     pub fn publish_availability(&self, availability: Availability) {
         self.send(
-            Topic::Event(availability.event_id),
+            Topic::Stock(availability.event_id),
             Change::Availability(availability),
         );
     }

@@ -99,7 +99,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = HoldExpired> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: EventId = parse_id(&event_id)?;
-        let mut changes = services.bus.subscribe(Topic::Event(id));
+        let mut changes = services.bus.subscribe(Topic::Expired(id));
         if services
             .store
             .event(id)
@@ -137,7 +137,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = Availability> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: EventId = parse_id(&event_id)?;
-        let mut changes = services.bus.subscribe(Topic::Event(id));
+        let mut changes = services.bus.subscribe(Topic::Stock(id));
         if services
             .store
             .event(id)
