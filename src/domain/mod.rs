@@ -157,6 +157,29 @@ impl HoldRequest {
     }
 }
 
+impl HoldRequest {
+    /// Whether `hold` is what this request asks for (the test of an idempotent retry).
+    pub fn same_as(&self, hold: &Hold) -> bool {
+        hold.event_id == self.event_id
+            && hold.customer_id == self.customer_id
+            && hold.items.len() == self.items.len()
+            && hold.items.iter().all(|item| {
+                self.items.get(&item.ticket_type_id).map(|q| q.get()) == Some(item.quantity)
+            })
+    }
+
+    /// The answer to a retry that found `hold` under this request's idempotency key.
+    pub fn retry_of(&self, hold: Hold) -> Result<Hold, Rejection> {
+        if self.same_as(&hold) {
+            Ok(hold)
+        } else {
+            Err(Rejection::Invalid(InvalidInput::new(
+                "idempotencyKey was already used for a different hold",
+            )))
+        }
+    }
+}
+
 /// One line of a hold: how many tickets of which type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldItem {

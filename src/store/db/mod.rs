@@ -11,15 +11,15 @@
 //! expiries never deadlock.
 
 mod connect;
-mod convert;
-mod queries;
+pub(crate) mod convert;
+pub(crate) mod queries;
 
 pub use connect::connect;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use entity::{event, hold, order, order_item, ticket_type};
+use entity::{event, hold, ticket_type};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
@@ -27,7 +27,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use self::convert::{availability_of, hold_of, order_of};
+use self::convert::{availability_of, hold_of};
 use super::{Drift, HoldStore, Outcome, StoreError, StoreResult};
 use crate::domain::{
     Availability, CheckoutRequest, Event, EventId, Hold, HoldId, HoldRequest, HoldStatus, Limits,
@@ -105,20 +105,7 @@ impl DbStore {
             .get_hold(HoldId(found.id), now)
             .await?
             .ok_or_else(|| StoreError::Invariant(format!("hold {} vanished", found.id)))?;
-        let same = hold.event_id == request.event_id
-            && hold.items.len() == request.items.len()
-            && hold.items.iter().all(|item| {
-                request.items.get(&item.ticket_type_id).map(|q| q.get()) == Some(item.quantity)
-            });
-        if same {
-            Ok(Some(Ok(hold)))
-        } else {
-            Ok(Some(Err(Rejection::Invalid(
-                crate::domain::InvalidInput::new(
-                    "idempotencyKey was already used for a different hold",
-                ),
-            ))))
-        }
+        Ok(Some(request.retry_of(hold)))
     }
 
     /// One attempt at a hold, in one transaction.
@@ -435,26 +422,11 @@ impl HoldStore for DbStore {
     }
 
     async fn get_order(&self, id: OrderId) -> StoreResult<Option<Order>> {
-        let Some(model) = order::Entity::find_by_id(id.0).one(&self.db).await? else {
-            return Ok(None);
-        };
-        let items = order_item::Entity::find()
-            .filter(order_item::Column::OrderId.eq(model.id))
-            .order_by_asc(order_item::Column::TicketTypeId)
-            .all(&self.db)
-            .await?;
-        Ok(Some(order_of(model, items)))
+        queries::order(&self.db, id).await
     }
 
     async fn order_of_hold(&self, hold_id: HoldId) -> StoreResult<Option<Order>> {
-        let found = order::Entity::find()
-            .filter(order::Column::HoldId.eq(hold_id.0))
-            .one(&self.db)
-            .await?;
-        match found {
-            Some(model) => self.get_order(OrderId(model.id)).await,
-            None => Ok(None),
-        }
+        queries::order_of_hold(&self.db, hold_id).await
     }
 
     async fn expire_due(&self, now: Millis, batch_max: u32) -> StoreResult<Vec<Hold>> {
@@ -524,6 +496,6 @@ impl HoldStore for DbStore {
     }
 
     async fn verify(&self) -> StoreResult<Vec<Drift>> {
-        queries::verify(&self.db).await
+        queries::verify(&self.db, true).await
     }
 }

@@ -8,12 +8,13 @@ use entity::{hold, hold_item, order, order_item, ticket_type};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QuerySelect,
+    QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
 use crate::domain::{
-    CheckoutRequest, CustomerId, Hold, HoldStatus, Millis, Order, OrderId, Rejection, TicketTypeId,
+    CheckoutRequest, CustomerId, Hold, HoldId, HoldStatus, Millis, Order, OrderId, Rejection,
+    TicketTypeId,
 };
 use crate::store::{Drift, StoreError, StoreResult};
 
@@ -305,22 +306,53 @@ pub async fn overdue_held<C: ConnectionTrait>(
         .collect())
 }
 
-/// Recomputes the counters of every ticket type from holds and orders, and checks that every
-/// confirmed hold has its order and every order a confirmed hold.
-pub async fn verify<C: ConnectionTrait>(conn: &C) -> StoreResult<Vec<Drift>> {
-    let held: BTreeMap<Uuid, i64> = hold_item::Entity::find()
-        .select_only()
-        .column(hold_item::Column::TicketTypeId)
-        .column_as(hold_item::Column::Quantity.sum(), "total")
-        .inner_join(hold::Entity)
-        .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
-        .group_by(hold_item::Column::TicketTypeId)
-        .into_tuple::<(Uuid, Option<i64>)>()
+pub async fn order<C: ConnectionTrait>(conn: &C, id: OrderId) -> StoreResult<Option<Order>> {
+    let Some(model) = order::Entity::find_by_id(id.0).one(conn).await? else {
+        return Ok(None);
+    };
+    let items = order_item::Entity::find()
+        .filter(order_item::Column::OrderId.eq(model.id))
+        .order_by_asc(order_item::Column::TicketTypeId)
         .all(conn)
-        .await?
-        .into_iter()
-        .map(|(id, total)| (id, total.unwrap_or(0)))
-        .collect();
+        .await?;
+    Ok(Some(super::convert::order_of(model, items)))
+}
+
+pub async fn order_of_hold<C: ConnectionTrait>(
+    conn: &C,
+    hold_id: HoldId,
+) -> StoreResult<Option<Order>> {
+    let found = order::Entity::find()
+        .filter(order::Column::HoldId.eq(hold_id.0))
+        .one(conn)
+        .await?;
+    match found {
+        Some(model) => order(conn, OrderId(model.id)).await,
+        None => Ok(None),
+    }
+}
+
+/// Recomputes the counters of every ticket type from holds and orders, and checks that every
+/// confirmed hold has its order and every order a confirmed hold. With `held_in_db` false (the
+/// Redis flow, where held stock lives in Redis) the `held` counters must stay 0.
+pub async fn verify<C: ConnectionTrait>(conn: &C, held_in_db: bool) -> StoreResult<Vec<Drift>> {
+    let held: BTreeMap<Uuid, i64> = if !held_in_db {
+        BTreeMap::new()
+    } else {
+        hold_item::Entity::find()
+            .select_only()
+            .column(hold_item::Column::TicketTypeId)
+            .column_as(hold_item::Column::Quantity.sum(), "total")
+            .inner_join(hold::Entity)
+            .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+            .group_by(hold_item::Column::TicketTypeId)
+            .into_tuple::<(Uuid, Option<i64>)>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|(id, total)| (id, total.unwrap_or(0)))
+            .collect()
+    };
     let sold: BTreeMap<Uuid, i64> = order_item::Entity::find()
         .select_only()
         .column(order_item::Column::TicketTypeId)
@@ -371,7 +403,7 @@ pub async fn verify<C: ConnectionTrait>(conn: &C) -> StoreResult<Vec<Drift>> {
         .all(conn)
         .await?;
     drifts.extend(orphans.into_iter().map(|id| Drift::ConfirmedWithoutOrder {
-        hold_id: crate::domain::HoldId(id),
+        hold_id: HoldId(id),
     }));
     let strays: Vec<(Uuid, Uuid)> = order::Entity::find()
         .select_only()
@@ -394,7 +426,7 @@ pub async fn verify<C: ConnectionTrait>(conn: &C) -> StoreResult<Vec<Drift>> {
             .into_iter()
             .map(|(order_id, hold_id)| Drift::OrderOfUnconfirmedHold {
                 order_id: OrderId(order_id),
-                hold_id: crate::domain::HoldId(hold_id),
+                hold_id: HoldId(hold_id),
             }),
     );
     Ok(drifts)
