@@ -6,7 +6,10 @@ use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::body::Body;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade,
+};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -32,11 +35,16 @@ pub fn router(schema: AppSchema, services: Services) -> Router {
         .with_state(AppState { schema, services })
 }
 
-async fn graphql_post(
-    State(state): State<AppState>,
-    request: Result<GraphQLRequest, GraphQLRejection>,
-) -> Response {
-    match request {
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    // The GraphQL extractor reads the raw body, which `DefaultBodyLimit` does not bound: read it
+    // here, bounded, first.
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await else {
+        let message = format!("the body is larger than {REQUEST_BODY_BYTES_MAX} bytes");
+        return invalid(StatusCode::PAYLOAD_TOO_LARGE, message);
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await {
         Ok(request) => {
             GraphQLResponse::from(state.schema.execute(request.into_inner()).await).into_response()
         }
@@ -44,18 +52,19 @@ async fn graphql_post(
     }
 }
 
-/// A body that is not a GraphQL request (malformed JSON, no query, too large): a 4xx with a
-/// GraphQL-shaped error, never a 5xx.
+/// A body that is not a GraphQL request (malformed JSON, too large): a 4xx with a
+/// GraphQL-shaped error, never a 5xx. (A well-formed body without a query is a GraphQL error
+/// with `INVALID_INPUT`, answered by the schema.)
 fn bad_request(rejection: &GraphQLRejection) -> Response {
-    let status = match &rejection.0 {
-        async_graphql::ParseRequestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
-    };
+    invalid(
+        StatusCode::BAD_REQUEST,
+        format!("not a GraphQL request: {}", rejection.0),
+    )
+}
+
+fn invalid(status: StatusCode, message: String) -> Response {
     let body = serde_json::json!({
-        "errors": [{
-            "message": format!("not a GraphQL request: {}", rejection.0),
-            "extensions": { "code": "INVALID_INPUT" },
-        }]
+        "errors": [{ "message": message, "extensions": { "code": "INVALID_INPUT" } }]
     });
     (status, axum::Json(body)).into_response()
 }
