@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Limits, Millis};
 use crate::events::Bus;
 use crate::expiry::Wakeup;
+use crate::expiry::keyspace;
 use crate::expiry::timer::{self, TimerConfig};
 use crate::graphql::{self, QueryLimits, Services};
 use crate::store::HoldStore;
 use crate::store::db::{self, DbStore};
+use crate::store::redis::{RedisSettings, RedisStore, log};
 
 /// The embedded default: a SQLite file under `./data/`, created if missing.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite://data/tickethold.db?mode=rwc";
@@ -71,11 +73,11 @@ pub struct Config {
     #[arg(long, env = "TICKETHOLD_QUERY_COMPLEXITY_MAX", default_value_t = 5000)]
     pub query_complexity_max: usize,
 
-    /// Longest the expiry timer sleeps between two looks at the `expires_at` index, in
-    /// seconds (it wakes at every hold's `expires_at` anyway; this catches holds written by
-    /// other instances sharing the database).
-    #[arg(long, env = "TICKETHOLD_SWEEP_INTERVAL_SECS", default_value_t = 30)]
-    pub sweep_interval_secs: u32,
+    /// Longest the expiry timer sleeps between two sweeps of the expiry index, in
+    /// milliseconds. It wakes at the `expires_at` of every hold this instance wrote anyway; the
+    /// sweep catches holds written by other instances and notifications Redis did not send.
+    #[arg(long, env = "TICKETHOLD_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u32,
 
     /// Holds expired in one transaction.
     #[arg(long, env = "TICKETHOLD_SWEEP_BATCH_MAX", default_value_t = 1000)]
@@ -84,6 +86,37 @@ pub struct Config {
     /// Changes a subscriber may fall behind before it lags (it then re-reads the store).
     #[arg(long, env = "TICKETHOLD_BUS_CAPACITY", default_value_t = 4096)]
     pub bus_capacity: usize,
+
+    /// Selects the Redis flow: holds live in Redis (`redis://host:6379/0`); the database keeps
+    /// events, ticket types, orders and the hold journal.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so that deployments can share one Redis.
+    #[arg(long, env = "TICKETHOLD_REDIS_NAMESPACE", default_value = "tickethold")]
+    pub redis_namespace: String,
+
+    /// Set `notify-keyspace-events` to include `Ex` when it does not (needs CONFIG, which
+    /// managed Redis services forbid; without notifications holds expire through the sweep).
+    #[arg(long, env = "TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS")]
+    pub redis_configure_keyspace_events: bool,
+
+    /// Longest a hold change waits before it is journaled to the database, in milliseconds
+    /// (the loss window if Redis loses its data).
+    #[arg(
+        long,
+        env = "TICKETHOLD_REDIS_JOURNAL_INTERVAL_MS",
+        default_value_t = 100
+    )]
+    pub redis_journal_interval_ms: u32,
+
+    /// Longest a checkout may keep a hold pinned before the sweep reconciles it, in seconds.
+    #[arg(long, env = "TICKETHOLD_REDIS_PIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub redis_pin_timeout_secs: u32,
+
+    /// Bound on every Redis command, connecting included, in milliseconds.
+    #[arg(long, env = "TICKETHOLD_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u32,
 }
 
 impl Config {
@@ -130,17 +163,47 @@ pub async fn serve(
         .context("cannot open the database")?;
     let bus = Bus::new(config.bus_capacity);
     let wakeup = Arc::new(Wakeup::default());
-    let store: Arc<dyn HoldStore> = Arc::new(DbStore::new(
-        connection,
-        bus.clone(),
-        wakeup.clone(),
-        limits.clone(),
-    ));
-
     let timer_config = TimerConfig {
-        sweep_interval: Duration::from_secs(u64::from(config.sweep_interval_secs.max(1))),
+        sweep_interval: Duration::from_millis(u64::from(config.sweep_interval_ms.max(1))),
         sweep_batch_max: config.sweep_batch_max.max(1),
     };
+    let mut tasks = Vec::new();
+    let (store, journal): (Arc<dyn HoldStore>, _) = match &config.redis_url {
+        None => {
+            let store = DbStore::new(connection, bus.clone(), wakeup.clone(), limits.clone());
+            (Arc::new(store), None)
+        }
+        Some(url) => {
+            let settings = RedisSettings {
+                url: url.clone(),
+                namespace: config.redis_namespace.clone(),
+                pin_timeout: Duration::from_secs(u64::from(config.redis_pin_timeout_secs.max(1))),
+                journal_interval: Duration::from_millis(u64::from(
+                    config.redis_journal_interval_ms,
+                )),
+                command_timeout: Duration::from_millis(u64::from(config.redis_timeout_ms.max(1))),
+            };
+            let store = RedisStore::connect(connection, settings, wakeup.clone(), limits.clone())
+                .await
+                .context("cannot connect to Redis")?;
+            let store = Arc::new(store);
+            tasks.push(tokio::spawn(log::run(
+                store.clone(),
+                bus.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(keyspace::run(
+                store.clone(),
+                config.redis_configure_keyspace_events,
+                timer_config.sweep_batch_max,
+                shutdown.clone(),
+            )));
+            tracing::info!(namespace = %config.redis_namespace, "holds live in Redis");
+            let journal = store.journal().clone();
+            (store as Arc<dyn HoldStore>, Some(journal))
+        }
+    };
+
     // Holds that lapsed while the server was down expire before the first request.
     let lapsed =
         timer::expire_all_due(store.as_ref(), Millis::now(), timer_config.sweep_batch_max).await?;
@@ -150,12 +213,12 @@ pub async fn serve(
             "expired holds that lapsed while the server was down"
         );
     }
-    let timer_task = tokio::spawn(timer::run(
+    tasks.push(tokio::spawn(timer::run(
         store.clone(),
         wakeup,
         timer_config,
         shutdown.clone(),
-    ));
+    )));
 
     let services = Services {
         store,
@@ -175,7 +238,12 @@ pub async fn serve(
         .await
         .context("server failed")?;
     shutdown.cancel();
-    timer_task.await.ok();
+    for task in tasks {
+        task.await.ok();
+    }
+    if let Some(journal) = journal {
+        journal.flush().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

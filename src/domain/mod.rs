@@ -158,6 +158,17 @@ impl HoldRequest {
 }
 
 impl HoldRequest {
+    /// The items as a hold keeps them.
+    pub fn hold_items(&self) -> Vec<HoldItem> {
+        self.items
+            .iter()
+            .map(|(id, quantity)| HoldItem {
+                ticket_type_id: *id,
+                quantity: quantity.get(),
+            })
+            .collect()
+    }
+
     /// Whether `hold` is what this request asks for (the test of an idempotent retry).
     pub fn same_as(&self, hold: &Hold) -> bool {
         hold.event_id == self.event_id

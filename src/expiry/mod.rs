@@ -5,6 +5,7 @@
 //! due in batches, and sleeps again: no cron scan, no task per hold. New holds and extensions
 //! that expire earlier than the current deadline wake it through [`Wakeup`].
 
+pub mod keyspace;
 pub mod timer;
 
 use std::sync::Mutex;

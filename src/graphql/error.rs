@@ -81,10 +81,17 @@ fn rejected(rejection: &Rejection) -> async_graphql::Error {
 }
 
 fn failed(failure: &StoreError) -> async_graphql::Error {
-    let unavailable = matches!(
-        failure,
-        StoreError::Db(DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
-    );
+    let unavailable = match failure {
+        StoreError::Db(error) => matches!(error, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)),
+        StoreError::Redis(error) => {
+            error.is_io_error()
+                || error.is_timeout()
+                || error.is_connection_refusal()
+                || error.is_connection_dropped()
+        }
+        StoreError::Unavailable(_) => true,
+        StoreError::Invariant(_) => false,
+    };
     tracing::error!(error = %crate::error_chain(failure), "request failed");
     let mut extensions = ErrorExtensionValues::default();
     let message = if unavailable {

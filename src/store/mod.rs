@@ -7,6 +7,7 @@
 //! `Err(StoreError)` only when the database or Redis failed.
 
 pub mod db;
+pub mod redis;
 
 use crate::domain::{
     Availability, CheckoutRequest, Event, EventId, Hold, HoldId, HoldRequest, Millis,
@@ -18,6 +19,11 @@ use crate::domain::{
 pub enum StoreError {
     #[error("database error")]
     Db(#[from] sea_orm::DbErr),
+    #[error("Redis error")]
+    Redis(#[from] ::redis::RedisError),
+    /// A server could not be reached in time.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Stored data breaks an invariant; the operation was rolled back and nothing changed.
     #[error("invariant violated: {0}")]
     Invariant(String),

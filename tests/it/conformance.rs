@@ -210,35 +210,36 @@ fn rejected(rejection: &Rejection) -> String {
     }
 }
 
-/// Runs `script` against a fresh store on SQLite and on PostgreSQL.
+/// Runs `script` against a fresh store of each flow: the database flow on SQLite and on
+/// PostgreSQL, and the Redis flow (with PostgreSQL for orders and the journal).
 async fn check(name: &str, script: &str) {
+    let limits = Limits {
+        hold_ttl_secs_default: 300,
+        hold_ttl_secs_max: 600,
+        hold_lifetime_secs_max: 900,
+        ..Limits::default()
+    };
+    let mut stores: Vec<(String, Arc<dyn HoldStore>, Box<dyn std::any::Any>)> = Vec::new();
     for db in TestDb::both().await {
-        let limits = Limits {
-            hold_ttl_secs_default: 300,
-            hold_ttl_secs_max: 600,
-            hold_lifetime_secs_max: 900,
-            ..Limits::default()
-        };
         let (store, _bus) = db.store(limits.clone()).await;
+        stores.push((db.kind().to_owned(), store, Box::new(db)));
+    }
+    let db = TestDb::postgres().await;
+    let (store, namespace) = db.redis_store(limits.clone()).await;
+    stores.push(("redis".to_owned(), store, Box::new((namespace, db))));
+    for (kind, store, _guard) in stores {
         let event = store.create_event("Concert".into(), START).await.unwrap();
-        let mut script_state = Script {
+        let mut state = Script {
             store,
-            limits,
+            limits: limits.clone(),
             now: START,
             event: event.id,
             types: HashMap::new(),
             holds: HashMap::new(),
             orders: HashMap::new(),
         };
-        script_state
-            .run(&format!("{name} on {}", db.kind()), script)
-            .await;
-        assert_eq!(
-            script_state.exec("verify").await,
-            "clean",
-            "{name} on {}",
-            db.kind()
-        );
+        state.run(&format!("{name} on {kind}"), script).await;
+        assert_eq!(state.exec("verify").await, "clean", "{name} on {kind}");
     }
 }
 
@@ -254,10 +255,10 @@ async fn an_expired_hold_cannot_be_checked_out_even_before_its_expiry_runs() {
         tick 1ms
         avail A -> sold=0 held=0 available=10
         checkout h1 -> HOLD_EXPIRED
+        status h1 -> EXPIRED
+        expire -> 0
         extend h1 ttl=60 -> HOLD_EXPIRED
         release h1 -> HOLD_EXPIRED
-        expire -> 1
-        status h1 -> EXPIRED
         checkout h1 -> HOLD_EXPIRED
         avail A -> sold=0 held=0 available=10
     ",
@@ -282,6 +283,10 @@ async fn a_hold_ends_exactly_once_and_returns_its_stock_once() {
         expire -> 1
         expire -> 0
         release h2 -> HOLD_EXPIRED
+        hold h3 c3 A:1 ttl=5 -> ok
+        tick 5s
+        release h3 -> HOLD_EXPIRED
+        expire -> 0
         avail A -> sold=0 held=0 available=10
     ",
     )

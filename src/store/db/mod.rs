@@ -19,11 +19,11 @@ pub use connect::connect;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use entity::{event, hold, ticket_type};
+use entity::{hold, ticket_type};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -108,71 +108,53 @@ impl DbStore {
         Ok(Some(request.retry_of(hold)))
     }
 
-    /// One attempt at a hold, in one transaction.
+    /// One attempt at a hold, in one transaction, committed or rolled back before it returns
+    /// (so that no row stays locked while a dropped transaction waits to roll back).
     async fn try_hold(&self, request: &HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
         let txn = self.db.begin().await?;
-        let types = queries::ticket_types(&txn, request.items.keys()).await?;
-        for id in request.items.keys() {
-            match types.get(id) {
-                Some(tt) if tt.event_id == request.event_id.0 => {}
-                _ => {
-                    return Ok(Err(Rejection::NotFound {
-                        what: "ticket type",
-                    }));
-                }
+        match take_stock(&txn, request, now).await {
+            Ok(Ok(stock)) => {
+                let hold = Hold {
+                    id: HoldId::random(),
+                    event_id: request.event_id,
+                    customer_id: request.customer_id.clone(),
+                    status: HoldStatus::Active,
+                    items: request.hold_items(),
+                    created_at: now,
+                    expires_at: now + request.ttl.as_millis(),
+                    ended_at: None,
+                    idempotency_key: request.idempotency_key.clone(),
+                };
+                queries::insert_hold(&txn, &hold).await?;
+                txn.commit().await?;
+                self.wakeup.schedule(hold.expires_at);
+                self.publish(&hold, stock);
+                tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
+                Ok(Ok(hold))
+            }
+            Ok(Err(rejection)) => {
+                txn.rollback().await?;
+                Ok(Err(rejection))
+            }
+            Err(error) => {
+                txn.rollback().await.ok();
+                Err(error)
             }
         }
-        let mut stock = Vec::with_capacity(request.items.len());
-        for (id, quantity) in &request.items {
-            let quantity = quantity.get() as i32;
-            let Some(model) = queries::take_held(&txn, *id, quantity).await? else {
-                let tt = &types[id];
-                if let Some(rejection) =
-                    queries::limit_rejection(&txn, tt, &request.customer_id, quantity, now).await?
-                {
-                    return Ok(Err(rejection));
-                }
-                let fresh = queries::ticket_types(&txn, [id]).await?;
-                let available = fresh
-                    .get(id)
-                    .map_or(0, |tt| tt.capacity - tt.sold - tt.held);
-                return Ok(Err(Rejection::SoldOut {
-                    ticket_type_id: *id,
-                    available: available.max(0) as u32,
-                }));
-            };
-            // Checked after the row lock, so that concurrent holds of one customer are counted.
-            if let Some(rejection) =
-                queries::limit_rejection(&txn, &model, &request.customer_id, quantity, now).await?
-            {
-                return Ok(Err(rejection));
-            }
-            stock.push(model);
+    }
+
+    /// Answers `rejection` for `hold`; one that is due is expired on the way, so that its stock
+    /// is back at once (and both flows agree on when an expiry is written).
+    async fn refuse<T>(
+        &self,
+        hold: &Hold,
+        rejection: Rejection,
+        now: Millis,
+    ) -> StoreResult<Outcome<T>> {
+        if hold.status == HoldStatus::Active && rejection == Rejection::HoldExpired {
+            expire_all_due(self, now, RECLAIM_BATCH_MAX).await?;
         }
-        let hold = Hold {
-            id: HoldId::random(),
-            event_id: request.event_id,
-            customer_id: request.customer_id.clone(),
-            status: HoldStatus::Active,
-            items: request
-                .items
-                .iter()
-                .map(|(id, q)| crate::domain::HoldItem {
-                    ticket_type_id: *id,
-                    quantity: q.get(),
-                })
-                .collect(),
-            created_at: now,
-            expires_at: now + request.ttl.as_millis(),
-            ended_at: None,
-            idempotency_key: request.idempotency_key.clone(),
-        };
-        queries::insert_hold(&txn, &hold).await?;
-        txn.commit().await?;
-        self.wakeup.schedule(hold.expires_at);
-        self.publish(&hold, stock);
-        tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
-        Ok(Ok(hold))
+        Ok(Err(rejection))
     }
 
     /// Whether some active hold past its `expires_at` still counts as held on one of these
@@ -186,6 +168,53 @@ impl DbStore {
     }
 }
 
+/// Takes the stock of every item of `request` (ticket types in ascending id order), checking that
+/// they belong to its event and the customer's limits; the new stock of each.
+async fn take_stock(
+    txn: &DatabaseTransaction,
+    request: &HoldRequest,
+    now: Millis,
+) -> StoreResult<Outcome<Vec<ticket_type::Model>>> {
+    let types = queries::ticket_types(txn, request.items.keys()).await?;
+    if !request.items.keys().all(|id| {
+        types
+            .get(id)
+            .is_some_and(|tt| tt.event_id == request.event_id.0)
+    }) {
+        return Ok(Err(Rejection::NotFound {
+            what: "ticket type",
+        }));
+    }
+    let mut stock = Vec::with_capacity(request.items.len());
+    for (id, quantity) in &request.items {
+        let quantity = quantity.get() as i32;
+        let customer = &request.customer_id;
+        let Some(model) = queries::take_held(txn, *id, quantity).await? else {
+            if let Some(rejection) =
+                queries::limit_rejection(txn, &types[id], customer, quantity, now).await?
+            {
+                return Ok(Err(rejection));
+            }
+            let fresh = queries::ticket_types(txn, [id]).await?;
+            let available = fresh
+                .get(id)
+                .map_or(0, |tt| tt.capacity - tt.sold - tt.held);
+            return Ok(Err(Rejection::SoldOut {
+                ticket_type_id: *id,
+                available: Ord::max(available, 0) as u32,
+            }));
+        };
+        // Checked after the row lock, so that concurrent holds of one customer are counted.
+        if let Some(rejection) =
+            queries::limit_rejection(txn, &model, customer, quantity, now).await?
+        {
+            return Ok(Err(rejection));
+        }
+        stock.push(model);
+    }
+    Ok(Ok(stock))
+}
+
 fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
@@ -193,31 +222,15 @@ fn is_unique_violation(error: &DbErr) -> bool {
 #[async_trait::async_trait]
 impl HoldStore for DbStore {
     async fn create_event(&self, name: String, now: Millis) -> StoreResult<Event> {
-        let model = event::ActiveModel {
-            id: Set(EventId::random().0),
-            name: Set(name),
-            created_at: Set(now.0),
-        };
-        let model = event::Entity::insert(model)
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(convert::event_of(model))
+        queries::create_event(&self.db, name, now).await
     }
 
     async fn events(&self) -> StoreResult<Vec<Event>> {
-        let models = event::Entity::find()
-            .order_by_asc(event::Column::CreatedAt)
-            .order_by_asc(event::Column::Id)
-            .all(&self.db)
-            .await?;
-        Ok(models.into_iter().map(convert::event_of).collect())
+        queries::events(&self.db).await
     }
 
     async fn event(&self, id: EventId) -> StoreResult<Option<Event>> {
-        Ok(event::Entity::find_by_id(id.0)
-            .one(&self.db)
-            .await?
-            .map(convert::event_of))
+        queries::event(&self.db, id).await
     }
 
     async fn create_ticket_type(
@@ -225,43 +238,26 @@ impl HoldStore for DbStore {
         new: NewTicketType,
         now: Millis,
     ) -> StoreResult<Outcome<TicketType>> {
-        if self.event(new.event_id).await?.is_none() {
-            return Ok(Err(Rejection::NotFound { what: "event" }));
+        let created = queries::create_ticket_type(&self.db, new, now).await?;
+        if let Ok(tt) = &created {
+            self.bus.publish_availability(Availability {
+                ticket_type_id: tt.id,
+                event_id: tt.event_id,
+                capacity: tt.capacity,
+                sold: 0,
+                held: 0,
+                version: 0,
+            });
         }
-        let model = ticket_type::ActiveModel {
-            id: Set(TicketTypeId::random().0),
-            event_id: Set(new.event_id.0),
-            name: Set(new.name),
-            price_cents: Set(new.price_cents),
-            capacity: Set(new.capacity as i32),
-            max_per_customer: Set(new.max_per_customer.map(|n| n as i32)),
-            sold: Set(0),
-            held: Set(0),
-            version: Set(0),
-            created_at: Set(now.0),
-        };
-        let model = ticket_type::Entity::insert(model)
-            .exec_with_returning(&self.db)
-            .await?;
-        self.bus.publish_availability(availability_of(&model, 0));
-        Ok(Ok(convert::ticket_type_of(model)))
+        Ok(created)
     }
 
     async fn ticket_types(&self, event_id: EventId) -> StoreResult<Vec<TicketType>> {
-        let models = ticket_type::Entity::find()
-            .filter(ticket_type::Column::EventId.eq(event_id.0))
-            .order_by_asc(ticket_type::Column::CreatedAt)
-            .order_by_asc(ticket_type::Column::Id)
-            .all(&self.db)
-            .await?;
-        Ok(models.into_iter().map(convert::ticket_type_of).collect())
+        queries::ticket_types_of_event(&self.db, event_id).await
     }
 
     async fn ticket_type(&self, id: TicketTypeId) -> StoreResult<Option<TicketType>> {
-        Ok(ticket_type::Entity::find_by_id(id.0)
-            .one(&self.db)
-            .await?
-            .map(convert::ticket_type_of))
+        queries::ticket_type(&self.db, id).await
     }
 
     async fn availability(
@@ -334,7 +330,8 @@ impl HoldStore for DbStore {
             return Ok(Err(Rejection::NotFound { what: "hold" }));
         };
         if let Err(rejection) = hold.check_active(now) {
-            return Ok(Err(rejection));
+            txn.rollback().await?;
+            return self.refuse(&hold, rejection, now).await;
         }
         hold.expires_at = hold.extended_expiry(now, ttl, &self.limits);
         let updated = hold::Entity::update_many()
@@ -362,7 +359,8 @@ impl HoldStore for DbStore {
             return Ok(Err(Rejection::NotFound { what: "hold" }));
         };
         if let Err(rejection) = hold.check_active(now) {
-            return Ok(Err(rejection));
+            txn.rollback().await?;
+            return self.refuse(&hold, rejection, now).await;
         }
         queries::end_hold(&txn, &mut hold, HoldStatus::Released, now).await?;
         let mut stock = Vec::with_capacity(hold.items.len());
@@ -382,7 +380,7 @@ impl HoldStore for DbStore {
             return Ok(Err(Rejection::NotFound { what: "hold" }));
         };
         if hold.status == HoldStatus::Confirmed {
-            drop(txn);
+            txn.rollback().await?;
             return match self.order_of_hold(hold.id).await? {
                 Some(order) => Ok(Ok(order)),
                 None => Err(StoreError::Invariant(format!(
@@ -392,7 +390,8 @@ impl HoldStore for DbStore {
             };
         }
         if let Err(rejection) = hold.check_active(now) {
-            return Ok(Err(rejection));
+            txn.rollback().await?;
+            return self.refuse(&hold, rejection, now).await;
         }
         queries::end_hold(&txn, &mut hold, HoldStatus::Confirmed, now).await?;
         let mut stock = Vec::with_capacity(hold.items.len());

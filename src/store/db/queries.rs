@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use entity::{hold, hold_item, order, order_item, ticket_type};
+use entity::{event, hold, hold_item, order, order_item, ticket_type};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
@@ -12,11 +12,95 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::convert;
 use crate::domain::{
-    CheckoutRequest, CustomerId, Hold, HoldId, HoldStatus, Millis, Order, OrderId, Rejection,
-    TicketTypeId,
+    CheckoutRequest, CustomerId, Event, EventId, Hold, HoldId, HoldStatus, Millis, NewTicketType,
+    Order, OrderId, Rejection, TicketType, TicketTypeId,
 };
-use crate::store::{Drift, StoreError, StoreResult};
+use crate::store::{Drift, Outcome, StoreError, StoreResult};
+
+pub async fn events<C: ConnectionTrait>(conn: &C) -> StoreResult<Vec<Event>> {
+    let models = event::Entity::find()
+        .order_by_asc(event::Column::CreatedAt)
+        .order_by_asc(event::Column::Id)
+        .all(conn)
+        .await?;
+    Ok(models.into_iter().map(convert::event_of).collect())
+}
+
+pub async fn event<C: ConnectionTrait>(conn: &C, id: EventId) -> StoreResult<Option<Event>> {
+    Ok(event::Entity::find_by_id(id.0)
+        .one(conn)
+        .await?
+        .map(convert::event_of))
+}
+
+pub async fn create_event<C: ConnectionTrait>(
+    conn: &C,
+    name: String,
+    now: Millis,
+) -> StoreResult<Event> {
+    let model = event::ActiveModel {
+        id: Set(EventId::random().0),
+        name: Set(name),
+        created_at: Set(now.0),
+    };
+    Ok(convert::event_of(
+        event::Entity::insert(model)
+            .exec_with_returning(conn)
+            .await?,
+    ))
+}
+
+/// Rejects with `NotFound` when the event does not exist.
+pub async fn create_ticket_type<C: ConnectionTrait>(
+    conn: &C,
+    new: NewTicketType,
+    now: Millis,
+) -> StoreResult<Outcome<TicketType>> {
+    if event(conn, new.event_id).await?.is_none() {
+        return Ok(Err(Rejection::NotFound { what: "event" }));
+    }
+    let model = ticket_type::ActiveModel {
+        id: Set(TicketTypeId::random().0),
+        event_id: Set(new.event_id.0),
+        name: Set(new.name),
+        price_cents: Set(new.price_cents),
+        capacity: Set(new.capacity as i32),
+        max_per_customer: Set(new.max_per_customer.map(|n| n as i32)),
+        sold: Set(0),
+        held: Set(0),
+        version: Set(0),
+        created_at: Set(now.0),
+    };
+    let model = ticket_type::Entity::insert(model)
+        .exec_with_returning(conn)
+        .await?;
+    Ok(Ok(convert::ticket_type_of(model)))
+}
+
+pub async fn ticket_types_of_event<C: ConnectionTrait>(
+    conn: &C,
+    event_id: EventId,
+) -> StoreResult<Vec<TicketType>> {
+    let models = ticket_type::Entity::find()
+        .filter(ticket_type::Column::EventId.eq(event_id.0))
+        .order_by_asc(ticket_type::Column::CreatedAt)
+        .order_by_asc(ticket_type::Column::Id)
+        .all(conn)
+        .await?;
+    Ok(models.into_iter().map(convert::ticket_type_of).collect())
+}
+
+pub async fn ticket_type<C: ConnectionTrait>(
+    conn: &C,
+    id: TicketTypeId,
+) -> StoreResult<Option<TicketType>> {
+    Ok(ticket_type::Entity::find_by_id(id.0)
+        .one(conn)
+        .await?
+        .map(convert::ticket_type_of))
+}
 
 pub async fn ticket_types<'a, C: ConnectionTrait>(
     conn: &C,
@@ -98,6 +182,38 @@ pub async fn sell_held(
             "ticket type {id} cannot sell {quantity} held tickets"
         ))
     })
+}
+
+/// Sells `quantity` tickets that were held elsewhere (in Redis) if the database agrees that
+/// they exist: the double-check at payment of the Redis flow. `SoldOut` if it does not.
+pub async fn sell_double_checked(
+    txn: &DatabaseTransaction,
+    id: TicketTypeId,
+    quantity: i32,
+) -> StoreResult<Outcome<ticket_type::Model>> {
+    use ticket_type::Column::{Capacity, Held, Id, Sold, Version};
+    let mut updated = ticket_type::Entity::update_many()
+        .col_expr(Sold, Expr::col(Sold).add(quantity))
+        .col_expr(Version, Expr::col(Version).add(1))
+        .filter(Id.eq(id.0))
+        .filter(
+            Expr::col(Sold)
+                .add(Expr::col(Held))
+                .add(quantity)
+                .lte(Expr::col(Capacity)),
+        )
+        .exec_with_returning(txn)
+        .await?;
+    if let Some(model) = updated.pop() {
+        return Ok(Ok(model));
+    }
+    let current = ticket_type::Entity::find_by_id(id.0).one(txn).await?;
+    let available = current.map_or(0, |tt| Ord::max(tt.capacity - tt.sold - tt.held, 0));
+    tracing::error!(ticket_type_id = %id, "Redis allowed a hold the database cannot sell: drift");
+    Ok(Err(Rejection::SoldOut {
+        ticket_type_id: id,
+        available: available as u32,
+    }))
 }
 
 /// The tickets of a ticket type that a customer has in active holds (not past their
@@ -315,7 +431,7 @@ pub async fn order<C: ConnectionTrait>(conn: &C, id: OrderId) -> StoreResult<Opt
         .order_by_asc(order_item::Column::TicketTypeId)
         .all(conn)
         .await?;
-    Ok(Some(super::convert::order_of(model, items)))
+    Ok(Some(convert::order_of(model, items)))
 }
 
 pub async fn order_of_hold<C: ConnectionTrait>(

@@ -3,16 +3,55 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), dropped when the test ends.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, Database};
 use tickethold::domain::Limits;
 use tickethold::events::Bus;
 use tickethold::expiry::Wakeup;
 use tickethold::store::db::{DbStore, connect};
+use tickethold::store::redis::{RedisSettings, RedisStore};
 
 pub fn postgres_admin_url() -> String {
     std::env::var("TICKETHOLD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The shared Redis of the machine (`TICKETHOLD_TEST_REDIS_URL`, by default
+/// `redis://127.0.0.1:6379/`); tests isolate themselves by key namespace.
+pub fn redis_url() -> String {
+    std::env::var("TICKETHOLD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A key namespace of its own on the shared Redis, deleted on drop.
+pub struct RedisNamespace(pub String);
+
+impl RedisNamespace {
+    pub fn new() -> RedisNamespace {
+        RedisNamespace(format!("th-test-{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Drop for RedisNamespace {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.0);
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(redis_url()) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        })
+        .join();
+    }
 }
 
 pub enum TestDb {
@@ -70,6 +109,24 @@ impl TestDb {
             TestDb::Sqlite { .. } => "sqlite",
             TestDb::Postgres { .. } => "postgres",
         }
+    }
+
+    /// A Redis-flow store over this database and the local Redis, in a namespace of its own
+    /// that is deleted when the guard drops.
+    pub async fn redis_store(&self, limits: Limits) -> (Arc<RedisStore>, RedisNamespace) {
+        let connection = connect(self.url(), 16).await.expect("connect");
+        let namespace = RedisNamespace::new();
+        let settings = RedisSettings {
+            url: redis_url(),
+            namespace: namespace.0.clone(),
+            pin_timeout: Duration::from_secs(30),
+            journal_interval: Duration::from_millis(20),
+            command_timeout: Duration::from_secs(5),
+        };
+        let store = RedisStore::connect(connection, settings, Arc::new(Wakeup::default()), limits)
+            .await
+            .expect("Redis at 127.0.0.1:6379 is needed");
+        (Arc::new(store), namespace)
     }
 
     /// A database store on this database, with its own bus, and the limits given.

@@ -1,0 +1,125 @@
+//! Expiry pushed by Redis: the service subscribes to the `expired` keyspace events, and the
+//! expiry of a hold's shadow key (`<ns>:{<event>}:ttl:<hold>`) runs the expire script for that
+//! hold. The hold's data lives in another key, still readable when the notification arrives.
+//!
+//! Notifications are fire-and-forget: they are lost while the subscriber reconnects and can come
+//! late (Redis expires keys lazily). So the subscription reconnects by itself and sweeps every
+//! event after each (re)connection, and the timer's regular sweep catches whatever is left; with
+//! notifications off entirely, holds still expire on time through the timer and the sweep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Millis;
+use crate::store::redis::RedisStore;
+
+/// The notification classes tickethold needs: `E` (keyevent) and `x` (expired).
+const NEEDED: [char; 2] = ['E', 'x'];
+
+/// Runs until `shutdown` is cancelled. With `configure`, sets `notify-keyspace-events` when it
+/// lacks what is needed (managed Redis services forbid CONFIG: leave it off there).
+pub async fn run(
+    store: Arc<RedisStore>,
+    configure: bool,
+    sweep_batch_max: u32,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let listened = listen(&store, configure, sweep_batch_max, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match listened {
+            Ok(()) => {
+                tracing::warn!("the keyspace subscription was closed; reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "keyspace subscription failed; reconnecting");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One subscription, from connecting to its end.
+async fn listen(
+    store: &RedisStore,
+    configure: bool,
+    sweep_batch_max: u32,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::store::StoreError> {
+    check_notifications(store, configure).await;
+    let mut pubsub = store.client().get_async_pubsub().await?;
+    pubsub.psubscribe("__keyevent@*__:expired").await?;
+    // Whatever expired while nobody listened.
+    let caught_up =
+        crate::expiry::timer::expire_all_due(store, Millis::now(), sweep_batch_max).await?;
+    if caught_up > 0 {
+        tracing::info!(caught_up, "expired holds whose notifications were missed");
+    }
+    let mut messages = pubsub.into_on_message();
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else { return Ok(()) };
+                let Ok(key) = message.get_payload::<String>() else { continue };
+                let Some((event, hold)) = store.keys().parse_shadow(&key) else { continue };
+                if let Err(error) = store.expire_one(event, hold, Millis::now()).await {
+                    tracing::warn!(error = %crate::error_chain(&error), hold_id = %hold, "expiring a notified hold failed; the sweep will");
+                }
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Reads `notify-keyspace-events` and says clearly when expiry notifications are off.
+async fn check_notifications(store: &RedisStore, configure: bool) {
+    let Ok(mut conn) = store.client().get_multiplexed_async_connection().await else {
+        return;
+    };
+    let current: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut conn)
+        .await;
+    let flags = match current {
+        Ok(reply) => reply.get(1).cloned().unwrap_or_default(),
+        Err(error) => {
+            tracing::info!(error = %error, "cannot read notify-keyspace-events (CONFIG is not allowed?); \
+                if expiry notifications are off, holds still expire through the sweep");
+            return;
+        }
+    };
+    let enabled = |flag: char| flags.contains(flag) || (flag == 'x' && flags.contains('A'));
+    if NEEDED.iter().all(|flag| enabled(*flag)) {
+        return;
+    }
+    if configure {
+        let mut wanted = flags.clone();
+        wanted.extend(NEEDED.iter().filter(|flag| !enabled(**flag)));
+        let set: Result<(), _> = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&wanted)
+            .query_async(&mut conn)
+            .await;
+        match set {
+            Ok(()) => tracing::info!(flags = %wanted, "set notify-keyspace-events"),
+            Err(error) => tracing::warn!(error = %error, "cannot set notify-keyspace-events"),
+        }
+    } else {
+        tracing::warn!(flags = %flags, "Redis keyspace notifications for expired keys are OFF \
+            (notify-keyspace-events lacks Ex): holds expire through the timer and the sweep only; \
+            set it with `CONFIG SET notify-keyspace-events Ex` or pass --redis-configure-keyspace-events");
+    }
+}

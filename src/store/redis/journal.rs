@@ -1,0 +1,173 @@
+//! The hold journal of the Redis flow: every change of a hold is written to the database's
+//! `holds` and `hold_items` tables, in batches (write-behind), so that the database keeps the
+//! audit trail of the database flow without one write per hold, and so that the active holds can
+//! be loaded back into Redis if Redis loses its data.
+//!
+//! An entry waits at most the journal interval. A row only moves forward: an upsert changes a row
+//! only while it is `ACTIVE`, so a late entry never undoes a later status (the checkout writes
+//! its `CONFIRMED` row itself, in its own transaction).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use entity::{hold, hold_item};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{Hold, HoldStatus};
+use crate::store::StoreResult;
+
+/// Entries buffered before `record` waits for the writer.
+const QUEUE_MAX: usize = 100_000;
+/// Holds written in one statement.
+const BATCH_MAX: usize = 1_000;
+
+enum Command {
+    Record(Hold),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending half; the writer task runs until every sender is gone.
+#[derive(Clone)]
+pub struct Journal {
+    sender: mpsc::Sender<Command>,
+}
+
+impl Journal {
+    pub fn start(db: DatabaseConnection, interval: Duration) -> Journal {
+        let (sender, receiver) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(write_behind(db, receiver, interval));
+        Journal { sender }
+    }
+
+    /// Queues a hold as it now stands.
+    pub async fn record(&self, hold: Hold) {
+        if self.sender.send(Command::Record(hold)).await.is_err() {
+            tracing::error!("the hold journal is stopped; an entry is lost");
+        }
+    }
+
+    /// Waits until everything queued before this call is written.
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.sender.send(Command::Flush(done)).await.is_ok() {
+            written.await.ok();
+        }
+    }
+}
+
+async fn write_behind(
+    db: DatabaseConnection,
+    mut receiver: mpsc::Receiver<Command>,
+    interval: Duration,
+) {
+    let mut batch: Vec<Hold> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let first = if batch.is_empty() && waiting.is_empty() {
+            match receiver.recv().await {
+                Some(command) => Some(command),
+                None => return,
+            }
+        } else {
+            None
+        };
+        let deadline = tokio::time::Instant::now() + interval;
+        let mut next = first;
+        loop {
+            match next.take() {
+                Some(Command::Record(hold)) => batch.push(hold),
+                Some(Command::Flush(done)) => {
+                    waiting.push(done);
+                    break;
+                }
+                None => {}
+            }
+            if batch.len() >= BATCH_MAX {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(command)) => next = Some(command),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while let Err(error) = upsert(&db, &batch).await {
+            tracing::error!(error = %crate::error_chain(&error), held = batch.len(), "journal write failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        batch.clear();
+        for done in waiting.drain(..) {
+            done.send(()).ok();
+        }
+    }
+}
+
+/// Writes holds as they stand; a row already ended keeps its ending.
+pub async fn upsert<C: ConnectionTrait>(conn: &C, holds: &[Hold]) -> StoreResult<()> {
+    // One row per hold per statement (PostgreSQL refuses to update a row twice in one
+    // upsert): keep the newest state, an ending over anything else.
+    let mut latest: HashMap<_, &Hold> = HashMap::new();
+    for hold in holds {
+        let keep = latest.get(&hold.id).is_none_or(|known| {
+            !known.status.is_terminal()
+                && (hold.status.is_terminal() || hold.expires_at >= known.expires_at)
+        });
+        if keep {
+            latest.insert(hold.id, hold);
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let latest: Vec<&Hold> = latest.into_values().collect();
+    // Chunks keep each statement under the databases' bind-parameter limits.
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+        upsert_chunk(conn, chunk).await?;
+    }
+    Ok(())
+}
+
+const ROWS_PER_STATEMENT: usize = 200;
+
+async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreResult<()> {
+    let rows = latest.iter().map(|hold| hold::ActiveModel {
+        id: Set(hold.id.0),
+        event_id: Set(hold.event_id.0),
+        customer_id: Set(hold.customer_id.to_string()),
+        status: Set(hold.status.as_str().to_owned()),
+        created_at: Set(hold.created_at.0),
+        expires_at: Set(hold.expires_at.0),
+        ended_at: Set(hold.ended_at.map(|t| t.0)),
+        idempotency_key: Set(hold.idempotency_key.clone()),
+    });
+    let advance = OnConflict::column(hold::Column::Id)
+        .update_columns([
+            hold::Column::Status,
+            hold::Column::ExpiresAt,
+            hold::Column::EndedAt,
+        ])
+        .action_and_where(
+            Expr::col((hold::Entity, hold::Column::Status)).eq(HoldStatus::Active.as_str()),
+        )
+        .to_owned();
+    hold::Entity::insert_many(rows)
+        .on_conflict(advance)
+        .exec_without_returning(conn)
+        .await?;
+    let items = latest.iter().flat_map(|hold| {
+        hold.items.iter().map(|item| hold_item::ActiveModel {
+            hold_id: Set(hold.id.0),
+            ticket_type_id: Set(item.ticket_type_id.0),
+            quantity: Set(item.quantity as i32),
+        })
+    });
+    let keep = OnConflict::columns([hold_item::Column::HoldId, hold_item::Column::TicketTypeId])
+        .do_nothing()
+        .to_owned();
+    hold_item::Entity::insert_many(items)
+        .on_conflict(keep)
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}

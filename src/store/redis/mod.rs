@@ -1,0 +1,946 @@
+//! The Redis flow: holds are Redis keys with a TTL, changed only by atomic Lua scripts (one per
+//! operation, run by EVALSHA); the database keeps events, ticket types, orders and the hold
+//! journal, and stays the source of truth for capacity and sold.
+//!
+//! - *Hold*: `hold.lua` reclaims the event's overdue holds, checks `capacity - sold - held` of
+//!   every item and the customer's limit, then writes the hold, raises `held`, sets the hold's
+//!   TTL'd shadow key and adds it to the event's expiry index. No read-then-write from Rust, no
+//!   lock.
+//! - *Expiry*: `change.lua` with `expire` ends an active hold past its `expires_at` once; three
+//!   things call it: the keyspace notification of the shadow key (`expiry::keyspace`), this
+//!   instance's timer at the `expires_at` of holds it wrote, and the sweep of every event's expiry
+//!   index (`sweep.lua`), which catches whatever a notification missed.
+//! - *Checkout*: pin the hold (it can no longer expire), sell in one database transaction that
+//!   double-checks `sold + quantity <= capacity` and writes the order (unique per hold), then
+//!   finalize in Redis. A checkout that died between the steps is reconciled by the sweep.
+//! - *Durability*: holds are journaled to the database in batches (`journal`). When Redis has
+//!   lost an event's state (its `loaded` marker is gone), scripts answer `NOLOAD` and the event is
+//!   rebuilt from the database: sold from the counters kept with the orders, active holds from the
+//!   journal.
+//! - *Events*: every script appends exactly one entry per state change to the event's stream;
+//!   `log` reads the streams on every instance and feeds its bus.
+
+mod journal;
+pub mod log;
+mod scripts;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use entity::{hold, order, order_item, ticket_type};
+use redis::Value;
+use redis::aio::ConnectionManager;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+pub use self::journal::Journal;
+pub use self::scripts::Keys;
+use self::scripts::{Scripts, array, hold_of, items_text, string, strings};
+use super::db::{convert, queries};
+use super::{Drift, HoldStore, Outcome, StoreError, StoreResult};
+use crate::domain::{
+    Availability, CheckoutRequest, Event, EventId, Hold, HoldId, HoldRequest, HoldStatus, Limits,
+    Millis, NewTicketType, Order, OrderId, Rejection, TicketType, TicketTypeId, TtlSeconds,
+};
+use crate::expiry::Wakeup;
+
+/// How the Redis flow is set up.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key, so that several deployments (or tests) can share one Redis.
+    pub namespace: String,
+    /// Longest a checkout may keep a hold pinned before the sweep reconciles it.
+    pub pin_timeout: Duration,
+    /// Longest a journal entry waits before it is written to the database.
+    pub journal_interval: Duration,
+    /// Bound on every Redis command (connecting included), so that an unreachable Redis gives a
+    /// clear error instead of a hang.
+    pub command_timeout: Duration,
+}
+
+/// How long ended holds, idempotency keys and hold-to-event links stay in Redis (the journal
+/// keeps them for ever); the same number as `RETENTION_MS` in `lua/lib.lua`.
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often the list of events is read again from the database.
+const EVENTS_REFRESH: Duration = Duration::from_secs(1);
+/// How long a checkout waits for another checkout of the same hold to finish.
+const PINNED_WAIT: Duration = Duration::from_secs(10);
+
+pub struct RedisStore {
+    db: DatabaseConnection,
+    redis: ConnectionManager,
+    client: redis::Client,
+    keys: Keys,
+    scripts: Scripts,
+    wakeup: Arc<Wakeup>,
+    limits: Limits,
+    journal: Journal,
+    settings: RedisSettings,
+    events: Mutex<(Option<Instant>, Vec<EventId>)>,
+}
+
+/// What a change script answered.
+enum Changed {
+    /// The action applied: the hold after it.
+    Done(Hold),
+    /// The action does not apply to the hold as it stands (`status` as stored, PINNED included).
+    Refused {
+        status: String,
+        hold: Hold,
+    },
+    NotFound,
+}
+
+impl RedisStore {
+    /// Connects to Redis (the database is already connected and migrated) and starts the
+    /// journal writer.
+    pub async fn connect(
+        db: DatabaseConnection,
+        settings: RedisSettings,
+        wakeup: Arc<Wakeup>,
+        limits: Limits,
+    ) -> StoreResult<RedisStore> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(2);
+        let connect = client.get_connection_manager_with_config(config);
+        let redis = tokio::time::timeout(settings.command_timeout, connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))??;
+        let journal = Journal::start(db.clone(), settings.journal_interval);
+        Ok(RedisStore {
+            db,
+            redis,
+            client,
+            keys: Keys::new(&settings.namespace),
+            scripts: Scripts::new(),
+            wakeup,
+            limits,
+            journal,
+            settings,
+            events: Mutex::new((None, Vec::new())),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// Runs a script of `event`; loads the event from the database first if Redis lost it.
+    async fn run(
+        &self,
+        script: &redis::Script,
+        event: EventId,
+        now: Millis,
+        args: &[String],
+    ) -> StoreResult<Value> {
+        for _ in 0..3 {
+            let mut invocation = script.key(self.keys.loaded(event));
+            invocation.arg(self.keys.event(event)).arg(now.0);
+            for arg in args {
+                invocation.arg(arg);
+            }
+            let reply: Value = invocation.invoke_async(&mut self.conn()).await?;
+            if tag(&reply) != "NOLOAD" {
+                return Ok(reply);
+            }
+            self.load_event(event, now).await?;
+        }
+        Err(StoreError::Invariant(format!(
+            "event {event} cannot be loaded into Redis"
+        )))
+    }
+
+    /// Loads an event's stock and active holds from the database into Redis, unless another
+    /// instance did it first.
+    pub async fn load_event(&self, event: EventId, now: Millis) -> StoreResult<()> {
+        let types = ticket_type::Entity::find()
+            .filter(ticket_type::Column::EventId.eq(event.0))
+            .all(&self.db)
+            .await?;
+        let holds = hold::Entity::find()
+            .filter(hold::Column::EventId.eq(event.0))
+            .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
+            .filter(hold::Column::ExpiresAt.gt(now.0))
+            .all(&self.db)
+            .await?;
+        let ids: Vec<Uuid> = holds.iter().map(|h| h.id).collect();
+        let mut items = queries::hold_items(&self.db, &ids).await?;
+        let bought = self.bought_per_customer(&types).await?;
+        // Versions restart above any version written before (see `Availability::version`).
+        let version = now.0.saturating_mul(1000);
+        let mut args = vec!["event".to_owned(), types.len().to_string()];
+        for tt in &types {
+            args.extend([
+                tt.id.to_string(),
+                tt.capacity.to_string(),
+                tt.sold.to_string(),
+                tt.max_per_customer.unwrap_or(0).to_string(),
+                version.to_string(),
+            ]);
+        }
+        args.push(holds.len().to_string());
+        for model in holds {
+            let hold_items = items.remove(&model.id).unwrap_or_default();
+            let hold = convert::hold_of(model, hold_items)?;
+            args.extend([
+                hold.id.to_string(),
+                hold.customer_id.to_string(),
+                hold.created_at.0.to_string(),
+                hold.expires_at.0.to_string(),
+                items_text(&hold.items),
+                hold.idempotency_key.clone().unwrap_or_default(),
+            ]);
+        }
+        args.push(bought.len().to_string());
+        for (customer, tt, quantity) in bought {
+            args.extend([customer, tt.to_string(), quantity.to_string()]);
+        }
+        let mut invocation = self.scripts.load.key(self.keys.loaded(event));
+        invocation.arg(self.keys.event(event)).arg(now.0);
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let loaded: i64 = invocation.invoke_async(&mut self.conn()).await?;
+        if loaded == 1 {
+            tracing::warn!(event_id = %event, "loaded the event into Redis from the database");
+            let _: () = redis::cmd("SET")
+                .arg(self.keys.epoch())
+                .arg(now.0)
+                .arg("NX")
+                .query_async(&mut self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Tickets each customer bought of these ticket types: (customer, ticket type, quantity).
+    async fn bought_per_customer(
+        &self,
+        types: &[ticket_type::Model],
+    ) -> StoreResult<Vec<(String, Uuid, i64)>> {
+        let rows: Vec<(String, Uuid, Option<i64>)> = order_item::Entity::find()
+            .select_only()
+            .column(order::Column::CustomerId)
+            .column(order_item::Column::TicketTypeId)
+            .column_as(order_item::Column::Quantity.sum(), "total")
+            .inner_join(order::Entity)
+            .filter(order_item::Column::TicketTypeId.is_in(types.iter().map(|t| t.id)))
+            .group_by(order::Column::CustomerId)
+            .group_by(order_item::Column::TicketTypeId)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(c, t, q)| (c, t, q.unwrap_or(0)))
+            .collect())
+    }
+
+    /// Adds one ticket type to an event already in Redis (one created after the event loaded).
+    async fn load_type(&self, event: EventId, id: TicketTypeId, now: Millis) -> StoreResult<bool> {
+        let Some(tt) = ticket_type::Entity::find_by_id(id.0).one(&self.db).await? else {
+            return Ok(false);
+        };
+        if tt.event_id != event.0 {
+            return Ok(false);
+        }
+        let args = [
+            "type".to_owned(),
+            "1".to_owned(),
+            tt.id.to_string(),
+            tt.capacity.to_string(),
+            tt.sold.to_string(),
+            tt.max_per_customer.unwrap_or(0).to_string(),
+            now.0.saturating_mul(1000).to_string(),
+        ];
+        self.run(&self.scripts.load, event, now, &args).await?;
+        Ok(true)
+    }
+
+    /// The event of a hold: from Redis, or from the journal once Redis forgot it.
+    async fn event_of(&self, hold: HoldId) -> StoreResult<Option<EventId>> {
+        let found: Option<String> = redis::cmd("GET")
+            .arg(self.keys.hold_event(hold))
+            .query_async(&mut self.conn())
+            .await?;
+        if let Some(event) = found.and_then(|e| e.parse().ok()) {
+            return Ok(Some(event));
+        }
+        let journaled = hold::Entity::find_by_id(hold.0).one(&self.db).await?;
+        Ok(journaled.map(|h| EventId(h.event_id)))
+    }
+
+    /// Runs `action` on a hold through `change.lua`.
+    async fn change(
+        &self,
+        event: EventId,
+        id: HoldId,
+        action: &str,
+        now: Millis,
+        extra: Option<String>,
+    ) -> StoreResult<Changed> {
+        let mut args = vec![id.to_string(), action.to_owned()];
+        args.extend(extra);
+        let reply = self.run(&self.scripts.change, event, now, &args).await?;
+        let values = strings(&reply);
+        match values.first().map(String::as_str) {
+            Some("OK") => {
+                let (hold, _) = hold_of(&values[1..])?;
+                Ok(Changed::Done(hold))
+            }
+            Some("STATUS") => {
+                let status = values.get(1).cloned().unwrap_or_default();
+                let (hold, _) = hold_of(&values[2..])?;
+                Ok(Changed::Refused { status, hold })
+            }
+            Some("NOT_FOUND") => Ok(Changed::NotFound),
+            _ => Err(StoreError::Invariant(format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    /// Runs `action` on an active hold (extend, release), waiting out a checkout in flight.
+    async fn change_active(
+        &self,
+        id: HoldId,
+        action: &str,
+        now: Millis,
+        extra: impl Fn(&Hold) -> Option<String>,
+    ) -> StoreResult<Outcome<Hold>> {
+        let Some(event) = self.event_of(id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        let deadline = Instant::now() + PINNED_WAIT;
+        loop {
+            let Some(current) = self.read_hold(event, id).await? else {
+                return Ok(Err(self.journaled_refusal(id, now).await?));
+            };
+            match self
+                .change(event, id, action, now, extra(&current.0))
+                .await?
+            {
+                Changed::Done(hold) => {
+                    self.journal.record(hold.clone()).await;
+                    if action == "extend" {
+                        self.wakeup.schedule(hold.expires_at);
+                    }
+                    return Ok(Ok(hold));
+                }
+                Changed::Refused { status, .. }
+                    if status == "PINNED" && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Changed::Refused { hold, .. } => return Ok(Err(refusal(&hold, now))),
+                Changed::NotFound => return Ok(Err(self.journaled_refusal(id, now).await?)),
+            }
+        }
+    }
+
+    /// The refusal for a hold that Redis no longer has: what the journal says of it.
+    async fn journaled_refusal(&self, id: HoldId, now: Millis) -> StoreResult<Rejection> {
+        Ok(match self.journaled_hold(id).await? {
+            Some(hold) if hold.status.is_terminal() => refusal(&hold, now),
+            // Journaled as active but gone from Redis: it was lost with Redis's data after its
+            // expiry (a live one would have been loaded back).
+            Some(_) => Rejection::HoldExpired,
+            None => Rejection::NotFound { what: "hold" },
+        })
+    }
+
+    async fn journaled_hold(&self, id: HoldId) -> StoreResult<Option<Hold>> {
+        let Some(model) = hold::Entity::find_by_id(id.0).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let mut items = queries::hold_items(&self.db, &[model.id]).await?;
+        let items = items.remove(&model.id).unwrap_or_default();
+        Ok(Some(convert::hold_of(model, items)?))
+    }
+
+    /// A hold as Redis has it, and whether it is pinned.
+    async fn read_hold(&self, event: EventId, id: HoldId) -> StoreResult<Option<(Hold, bool)>> {
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(format!("{}hold:{id}", self.keys.event(event)))
+            .query_async(&mut self.conn())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(hold_of(&fields)?))
+    }
+
+    /// The events to sweep and read, from the database, refreshed every second.
+    pub async fn known_events(&self) -> StoreResult<Vec<EventId>> {
+        {
+            let cache = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.0.is_some_and(|at| at.elapsed() < EVENTS_REFRESH) {
+                return Ok(cache.1.clone());
+            }
+        }
+        let ids: Vec<Uuid> = entity::event::Entity::find()
+            .select_only()
+            .column(entity::event::Column::Id)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let ids: Vec<EventId> = ids.into_iter().map(EventId).collect();
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) =
+            (Some(Instant::now()), ids.clone());
+        Ok(ids)
+    }
+
+    fn forget_events(&self) {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
+    }
+
+    /// Expires one hold if it is due (a keyspace notification or this instance's timer).
+    pub async fn expire_one(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<bool> {
+        match self.change(event, id, "expire", now, None).await? {
+            Changed::Done(hold) => {
+                tracing::info!(hold_id = %id, lag_ms = (now - hold.expires_at).0, "hold expired");
+                self.journal.record(hold).await;
+                Ok(true)
+            }
+            Changed::Refused { .. } | Changed::NotFound => Ok(false),
+        }
+    }
+
+    /// Sweeps one event: expires its overdue holds, reconciles stale pins, and returns the
+    /// expired holds and the event's next expiry.
+    async fn sweep(
+        &self,
+        event: EventId,
+        now: Millis,
+        batch_max: u32,
+    ) -> StoreResult<(Vec<Hold>, Option<Millis>)> {
+        let stale_before = now - Millis(self.settings.pin_timeout.as_millis() as i64);
+        let args = [batch_max.to_string(), stale_before.0.to_string()];
+        let reply = self.run(&self.scripts.sweep, event, now, &args).await?;
+        let parts = array(&reply);
+        let next = parts
+            .get(1)
+            .and_then(string)
+            .and_then(|n| n.parse::<f64>().ok());
+        let mut expired = Vec::new();
+        for fields in parts.iter().skip(3) {
+            let (hold, _) = hold_of(&strings(fields))?;
+            tracing::info!(hold_id = %hold.id, lag_ms = (now - hold.expires_at).0, "hold expired");
+            self.journal.record(hold.clone()).await;
+            expired.push(hold);
+        }
+        for stale in parts.get(2).map(strings).unwrap_or_default() {
+            if let Ok(id) = stale.parse::<HoldId>() {
+                self.reconcile_pin(event, id, now).await?;
+            }
+        }
+        Ok((expired, next.map(|n| Millis(n as i64))))
+    }
+
+    /// A checkout died between pinning a hold and finalizing it: finish it if its order was
+    /// committed, give the hold back otherwise.
+    async fn reconcile_pin(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<()> {
+        let ordered = queries::order_of_hold(&self.db, id).await?.is_some();
+        let action = if ordered { "finalize" } else { "unpin" };
+        tracing::warn!(hold_id = %id, action, "reconciling a checkout that did not finish");
+        if let Changed::Done(hold) = self.change(event, id, action, now, None).await? {
+            self.journal.record(hold).await;
+        }
+        Ok(())
+    }
+
+    /// The database half of a checkout: one transaction that double-checks the stock, sells it
+    /// and writes the order. `Ok(Err(SoldOut))` if the database disagrees with Redis.
+    async fn sell(
+        &self,
+        hold: &Hold,
+        request: &CheckoutRequest,
+        now: Millis,
+    ) -> StoreResult<Outcome<Order>> {
+        let txn = self.db.begin().await?;
+        let sold = sell_in(&txn, hold, request, now).await;
+        match sold {
+            Ok(Ok(order)) => {
+                txn.commit().await?;
+                Ok(Ok(order))
+            }
+            Ok(Err(rejection)) => {
+                txn.rollback().await?;
+                Ok(Err(rejection))
+            }
+            Err(StoreError::Db(error)) if is_unique_violation(&error) => {
+                // Another checkout of this hold committed its order first: that is the order.
+                txn.rollback().await?;
+                let existing = queries::order_of_hold(&self.db, hold.id).await?;
+                existing.map(Ok).ok_or(StoreError::Db(error))
+            }
+            Err(error) => {
+                txn.rollback().await.ok();
+                Err(error)
+            }
+        }
+    }
+
+    /// Every Redis-side difference of one event: counters against the holds Redis has.
+    async fn verify_event(&self, event: EventId) -> StoreResult<Vec<Drift>> {
+        let prefix = self.keys.event(event);
+        let mut conn = self.conn();
+        let loaded: bool = redis::cmd("EXISTS")
+            .arg(self.keys.loaded(event))
+            .query_async(&mut conn)
+            .await?;
+        if !loaded {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{prefix}expiry"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let pinned: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{prefix}pinned"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        ids.extend(pinned);
+        let mut held: BTreeMap<TicketTypeId, i64> = BTreeMap::new();
+        for id in ids.iter().filter_map(|id| id.parse::<HoldId>().ok()) {
+            if let Some((hold, _)) = self.read_hold(event, id).await? {
+                if hold.status == HoldStatus::Active {
+                    for item in &hold.items {
+                        *held.entry(item.ticket_type_id).or_default() += i64::from(item.quantity);
+                    }
+                }
+            }
+        }
+        let types = ticket_type::Entity::find()
+            .filter(ticket_type::Column::EventId.eq(event.0))
+            .all(&self.db)
+            .await?;
+        let mut drifts = Vec::new();
+        for tt in types {
+            let fields: Vec<Option<i64>> = redis::cmd("HMGET")
+                .arg(format!("{prefix}tt:{}", tt.id))
+                .arg("capacity")
+                .arg("sold")
+                .arg("held")
+                .query_async(&mut conn)
+                .await?;
+            let [Some(capacity), Some(sold), Some(counted_held)] = fields[..] else {
+                continue;
+            };
+            let id = TicketTypeId(tt.id);
+            let actual_held = held.get(&id).copied().unwrap_or(0);
+            if sold != i64::from(tt.sold) || counted_held != actual_held {
+                drifts.push(Drift::Counters {
+                    ticket_type_id: id,
+                    counted_sold: sold,
+                    counted_held,
+                    actual_sold: tt.sold.into(),
+                    actual_held,
+                });
+            }
+            if sold + counted_held > capacity {
+                drifts.push(Drift::OverCapacity {
+                    ticket_type_id: id,
+                    capacity,
+                    sold,
+                    held: counted_held,
+                });
+            }
+        }
+        Ok(drifts)
+    }
+}
+
+/// Inside the checkout transaction: journals the hold as confirmed, sells its stock if the
+/// database agrees it exists, and writes the order.
+async fn sell_in(
+    txn: &sea_orm::DatabaseTransaction,
+    hold: &Hold,
+    request: &CheckoutRequest,
+    now: Millis,
+) -> StoreResult<Outcome<Order>> {
+    let mut confirmed = hold.clone();
+    confirmed.status = HoldStatus::Confirmed;
+    confirmed.ended_at = Some(now);
+    journal::upsert(txn, std::slice::from_ref(&confirmed)).await?;
+    let mut stock = Vec::with_capacity(hold.items.len());
+    for item in &hold.items {
+        match queries::sell_double_checked(txn, item.ticket_type_id, item.quantity as i32).await? {
+            Ok(model) => stock.push(model),
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    }
+    Ok(Ok(
+        queries::insert_order(txn, hold, request, &stock, now).await?
+    ))
+}
+
+fn is_unique_violation(error: &sea_orm::DbErr) -> bool {
+    matches!(
+        error.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+/// The first string of a script's reply.
+fn tag(reply: &Value) -> String {
+    array(reply).first().and_then(string).unwrap_or_default()
+}
+
+/// Why an action does not apply to `hold` at `now`.
+fn refusal(hold: &Hold, now: Millis) -> Rejection {
+    match hold.check_active(now) {
+        Err(rejection) => rejection,
+        Ok(()) => Rejection::HoldNotActive {
+            status: hold.status,
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl HoldStore for RedisStore {
+    async fn create_event(&self, name: String, now: Millis) -> StoreResult<Event> {
+        let model = entity::event::ActiveModel {
+            id: Set(EventId::random().0),
+            name: Set(name),
+            created_at: Set(now.0),
+        };
+        let model = entity::event::Entity::insert(model)
+            .exec_with_returning(&self.db)
+            .await?;
+        self.forget_events();
+        Ok(convert::event_of(model))
+    }
+
+    async fn events(&self) -> StoreResult<Vec<Event>> {
+        queries::events(&self.db).await
+    }
+
+    async fn event(&self, id: EventId) -> StoreResult<Option<Event>> {
+        queries::event(&self.db, id).await
+    }
+
+    async fn create_ticket_type(
+        &self,
+        new: NewTicketType,
+        now: Millis,
+    ) -> StoreResult<Outcome<TicketType>> {
+        let created = queries::create_ticket_type(&self.db, new, now).await?;
+        if let Ok(tt) = &created {
+            // Into Redis now if the event is there already (else when it loads).
+            let loaded: bool = redis::cmd("EXISTS")
+                .arg(self.keys.loaded(tt.event_id))
+                .query_async(&mut self.conn())
+                .await?;
+            if loaded {
+                self.load_type(tt.event_id, tt.id, now).await?;
+            }
+        }
+        Ok(created)
+    }
+
+    async fn ticket_types(&self, event_id: EventId) -> StoreResult<Vec<TicketType>> {
+        queries::ticket_types_of_event(&self.db, event_id).await
+    }
+
+    async fn ticket_type(&self, id: TicketTypeId) -> StoreResult<Option<TicketType>> {
+        queries::ticket_type(&self.db, id).await
+    }
+
+    async fn availability(
+        &self,
+        id: TicketTypeId,
+        now: Millis,
+    ) -> StoreResult<Option<Availability>> {
+        let Some(tt) = queries::ticket_type(&self.db, id).await? else {
+            return Ok(None);
+        };
+        let stock = self.stock(tt.event_id, &[id], now).await?;
+        Ok(stock.into_iter().next())
+    }
+
+    async fn event_availability(
+        &self,
+        event_id: EventId,
+        now: Millis,
+    ) -> StoreResult<Vec<Availability>> {
+        let types = queries::ticket_types_of_event(&self.db, event_id).await?;
+        let ids: Vec<TicketTypeId> = types.iter().map(|t| t.id).collect();
+        self.stock(event_id, &ids, now).await
+    }
+
+    async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
+        if queries::event(&self.db, request.event_id).await?.is_none() {
+            return Ok(Err(Rejection::NotFound { what: "event" }));
+        }
+        let id = HoldId::random();
+        let expires_at = now + request.ttl.as_millis();
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.hold_event(id))
+            .arg(request.event_id.to_string())
+            .arg("PX")
+            .arg(RETENTION.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut args = vec![
+            id.to_string(),
+            request.customer_id.to_string(),
+            expires_at.0.to_string(),
+            request.idempotency_key.clone().unwrap_or_default(),
+            request.event_id.to_string(),
+        ];
+        for (ticket_type, quantity) in &request.items {
+            args.extend([ticket_type.to_string(), quantity.get().to_string()]);
+        }
+        let mut loaded_types = HashSet::new();
+        loop {
+            let reply = self
+                .run(&self.scripts.hold, request.event_id, now, &args)
+                .await?;
+            let values = strings(&reply);
+            let field = |i: usize| values.get(i).cloned().unwrap_or_default();
+            let number = |i: usize| field(i).parse::<i64>().unwrap_or(0).max(0) as u32;
+            let ticket_type_id = || field(1).parse::<TicketTypeId>();
+            return match values.first().map(String::as_str) {
+                Some("OK") => {
+                    let (hold, _) = hold_of(&values[1..])?;
+                    self.journal.record(hold.clone()).await;
+                    self.wakeup.schedule(hold.expires_at);
+                    tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
+                    Ok(Ok(hold))
+                }
+                Some("EXISTS") => {
+                    let existing: HoldId = field(1).parse().map_err(|_| {
+                        StoreError::Invariant("bad idempotency entry in Redis".into())
+                    })?;
+                    match self.get_hold(existing, now).await? {
+                        Some(hold) => Ok(request.retry_of(hold)),
+                        None => Err(StoreError::Invariant(format!("hold {existing} vanished"))),
+                    }
+                }
+                Some("LIMIT") => Ok(Err(Rejection::LimitExceeded {
+                    ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
+                    max_per_customer: number(2),
+                    already: number(3),
+                })),
+                Some("SOLD_OUT") => Ok(Err(Rejection::SoldOut {
+                    ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
+                    available: number(2),
+                })),
+                Some("NOTYPE") => {
+                    let missing = ticket_type_id().map_err(|_| bad_reply(&values))?;
+                    if loaded_types.insert(missing)
+                        && self.load_type(request.event_id, missing, now).await?
+                    {
+                        continue;
+                    }
+                    Ok(Err(Rejection::NotFound {
+                        what: "ticket type",
+                    }))
+                }
+                _ => Err(bad_reply(&values)),
+            };
+        }
+    }
+
+    async fn extend(&self, id: HoldId, ttl: TtlSeconds, now: Millis) -> StoreResult<Outcome<Hold>> {
+        let limits = self.limits.clone();
+        self.change_active(id, "extend", now, |hold| {
+            Some(hold.extended_expiry(now, ttl, &limits).0.to_string())
+        })
+        .await
+    }
+
+    async fn release(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
+        let released = self.change_active(id, "release", now, |_| None).await?;
+        if let Ok(hold) = &released {
+            tracing::info!(hold_id = %hold.id, "hold released");
+        }
+        Ok(released)
+    }
+
+    async fn checkout(&self, request: CheckoutRequest, now: Millis) -> StoreResult<Outcome<Order>> {
+        let id = request.hold_id;
+        let Some(event) = self.event_of(id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        let deadline = Instant::now() + PINNED_WAIT;
+        loop {
+            let pinned = match self.change(event, id, "pin", now, None).await? {
+                Changed::Done(hold) => hold,
+                Changed::Refused { status, hold } => match status.as_str() {
+                    "CONFIRMED" => {
+                        let order = queries::order_of_hold(&self.db, id).await?;
+                        return order.map(|o| Ok(Ok(o))).unwrap_or_else(|| {
+                            Err(StoreError::Invariant(format!("hold {id} has no order")))
+                        });
+                    }
+                    // Another checkout of this hold is in flight: wait for its outcome.
+                    "PINNED" if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    _ => return Ok(Err(refusal(&hold, now))),
+                },
+                Changed::NotFound => {
+                    if let Some(order) = queries::order_of_hold(&self.db, id).await? {
+                        return Ok(Ok(order));
+                    }
+                    return Ok(Err(self.journaled_refusal(id, now).await?));
+                }
+            };
+            let sold = match self.sell(&pinned, &request, now).await {
+                Ok(sold) => sold,
+                Err(error) => {
+                    // The database failed: give the hold back rather than leave it pinned.
+                    self.change(event, id, "unpin", now, None).await.ok();
+                    return Err(error);
+                }
+            };
+            let order = match sold {
+                Ok(order) => order,
+                Err(rejection) => {
+                    self.change(event, id, "unpin", now, None).await?;
+                    return Ok(Err(rejection));
+                }
+            };
+            if let Changed::Done(hold) = self.change(event, id, "finalize", now, None).await? {
+                self.journal.record(hold).await;
+            }
+            tracing::info!(hold_id = %id, order_id = %order.id, "hold confirmed");
+            return Ok(Ok(order));
+        }
+    }
+
+    async fn get_hold(&self, id: HoldId, now: Millis) -> StoreResult<Option<Hold>> {
+        let Some(event) = self.event_of(id).await? else {
+            return Ok(None);
+        };
+        let Some((hold, pinned)) = self.read_hold(event, id).await? else {
+            return self.journaled_hold(id).await;
+        };
+        if hold.status == HoldStatus::Active && !pinned && now >= hold.expires_at {
+            self.expire_one(event, id, now).await?;
+            return Ok(self.read_hold(event, id).await?.map(|(hold, _)| hold));
+        }
+        Ok(Some(hold))
+    }
+
+    async fn get_order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        queries::order(&self.db, id).await
+    }
+
+    async fn order_of_hold(&self, hold_id: HoldId) -> StoreResult<Option<Order>> {
+        queries::order_of_hold(&self.db, hold_id).await
+    }
+
+    async fn expire_due(&self, now: Millis, batch_max: u32) -> StoreResult<Vec<Hold>> {
+        let mut expired = Vec::new();
+        for event in self.known_events().await? {
+            let (holds, _) = self.sweep(event, now, batch_max).await?;
+            expired.extend(holds);
+            if expired.len() >= batch_max as usize {
+                break;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+        let events = self.known_events().await?;
+        let mut pipe = redis::pipe();
+        for event in &events {
+            pipe.cmd("ZRANGE")
+                .arg(format!("{}expiry", self.keys.event(*event)))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
+        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(firsts
+            .into_iter()
+            .flatten()
+            .map(|(_, at)| Millis(at as i64))
+            .min())
+    }
+
+    async fn verify(&self) -> StoreResult<Vec<Drift>> {
+        let mut drifts = queries::verify(&self.db, false).await?;
+        for event in self.known_events().await? {
+            drifts.extend(self.verify_event(event).await?);
+        }
+        Ok(drifts)
+    }
+}
+
+impl RedisStore {
+    /// The stock of some ticket types of an event, after reclaiming its overdue holds.
+    async fn stock(
+        &self,
+        event: EventId,
+        ids: &[TicketTypeId],
+        now: Millis,
+    ) -> StoreResult<Vec<Availability>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut reply = self.run(&self.scripts.stock, event, now, &args).await?;
+        if array(&reply)
+            .iter()
+            .skip(1)
+            .any(|v| array(v).iter().all(|f| matches!(f, Value::Nil)))
+        {
+            // A ticket type created after its event was loaded: add it and read again.
+            for id in ids {
+                self.load_type(event, *id, now).await?;
+            }
+            reply = self.run(&self.scripts.stock, event, now, &args).await?;
+        }
+        let mut stock = Vec::with_capacity(ids.len());
+        for (id, counters) in ids.iter().zip(array(&reply).iter().skip(1)) {
+            let numbers: Vec<i64> = array(counters)
+                .iter()
+                .map(|v| string(v).and_then(|s| s.parse().ok()).unwrap_or(0))
+                .collect();
+            let [capacity, sold, held, version] = numbers[..] else {
+                continue;
+            };
+            stock.push(Availability {
+                ticket_type_id: *id,
+                event_id: event,
+                capacity: capacity.max(0) as u32,
+                sold: sold.max(0) as u32,
+                held: held.max(0) as u32,
+                version,
+            });
+        }
+        Ok(stock)
+    }
+}
+
+fn bad_reply(values: &[String]) -> StoreError {
+    StoreError::Invariant(format!("unexpected reply from Redis: {values:?}"))
+}
