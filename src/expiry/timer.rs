@@ -45,7 +45,7 @@ pub async fn run(
             Ok(next) => next.unwrap_or(Millis(i64::MAX)),
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "reading the next expiry failed");
-                Millis::now()
+                Millis::now() + Millis(retry_after_error.as_millis() as i64)
             }
         };
         let interval_ms = i64::try_from(config.sweep_interval.as_millis()).unwrap_or(i64::MAX);

@@ -870,6 +870,9 @@ impl HoldStore for RedisStore {
 
     async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
         let events = self.known_events().await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
         let mut pipe = redis::pipe();
         for event in &events {
             pipe.cmd("ZRANGE")

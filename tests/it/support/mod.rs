@@ -2,10 +2,12 @@
 //! subscription client over WebSocket.
 
 pub mod db;
+pub mod redis;
 pub mod server;
 pub mod ws;
 
-pub use db::TestDb;
+pub use db::{RedisNamespace, TestDb};
+pub use redis::RedisServer;
 pub use server::TestServer;
 pub use ws::{Protocol, Subscription};
 

@@ -19,6 +19,11 @@ impl TestServer {
         TestServer::start_with(Config::with_database(database_url)).await
     }
 
+    /// The Redis flow over `database_url` and the Redis at `redis_url`, in `namespace`.
+    pub async fn start_redis(database_url: &str, redis_url: &str, namespace: &str) -> TestServer {
+        TestServer::start_with(redis_config(database_url, redis_url, namespace)).await
+    }
+
     pub async fn start_with(config: Config) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -136,6 +141,16 @@ impl TestServer {
             .await;
         super::data(&r)["availability"].clone()
     }
+}
+
+/// A configuration of the Redis flow, with short timeouts for tests.
+pub fn redis_config(database_url: &str, redis_url: &str, namespace: &str) -> Config {
+    let mut config = Config::with_database(database_url);
+    config.redis_url = Some(redis_url.to_owned());
+    config.redis_namespace = namespace.to_owned();
+    config.redis_journal_interval_ms = 20;
+    config.sweep_interval_ms = 200;
+    config
 }
 
 impl Drop for TestServer {
