@@ -4,12 +4,17 @@
 use std::sync::Arc;
 
 use futures::future::join_all;
-use tickethold::store::db::connect;
+use tickethold::domain::Limits;
+use tickethold::store::HoldStore;
 
-use crate::support::{TestDb, TestServer, error_code};
+use crate::support::db::redis_url;
+use crate::support::{RedisNamespace, TestDb, TestServer, error_code};
 
-async fn five_hundred_buyers_for_one_hundred_tickets(db: TestDb) {
-    let server = Arc::new(TestServer::start(db.url()).await);
+async fn five_hundred_buyers_for_one_hundred_tickets(
+    db: &TestDb,
+    server: TestServer,
+) -> Arc<TestServer> {
+    let server = Arc::new(server);
     let event = server.create_event("Flash sale").await;
     let ticket_type = server.create_ticket_type(&event, 100, Some(2)).await;
     let buyers = (0..500).map(|i| {
@@ -34,24 +39,35 @@ async fn five_hundred_buyers_for_one_hundred_tickets(db: TestDb) {
     let availability = server.availability(&ticket_type).await;
     assert_eq!(availability["held"], 100);
     assert_eq!(availability["available"], 0);
-
-    let connection = connect(db.url(), 2).await.unwrap();
-    let store = tickethold::store::db::DbStore::new(
-        connection,
-        tickethold::events::Bus::new(1),
-        Arc::default(),
-        tickethold::domain::Limits::default(),
-    );
-    use tickethold::store::HoldStore;
-    assert_eq!(store.verify().await.unwrap(), vec![], "on {}", db.kind());
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_buyers_for_one_hundred_tickets_on_sqlite() {
-    five_hundred_buyers_for_one_hundred_tickets(TestDb::sqlite()).await;
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.url()).await;
+    five_hundred_buyers_for_one_hundred_tickets(&db, server).await;
+    let (store, _) = db.store(Limits::default()).await;
+    assert_eq!(store.verify().await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_buyers_for_one_hundred_tickets_on_postgres() {
-    five_hundred_buyers_for_one_hundred_tickets(TestDb::postgres().await).await;
+    let db = TestDb::postgres().await;
+    let server = TestServer::start(db.url()).await;
+    five_hundred_buyers_for_one_hundred_tickets(&db, server).await;
+    let (store, _) = db.store(Limits::default()).await;
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_buyers_for_one_hundred_tickets_on_redis() {
+    let db = TestDb::postgres().await;
+    let namespace = RedisNamespace::new();
+    let server = TestServer::start_redis(db.url(), &redis_url(), &namespace.0).await;
+    five_hundred_buyers_for_one_hundred_tickets(&db, server).await;
+    let store = db
+        .redis_store_in(&redis_url(), &namespace.0, Limits::default())
+        .await;
+    assert_eq!(store.verify().await.unwrap(), vec![]);
 }

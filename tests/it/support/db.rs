@@ -114,19 +114,33 @@ impl TestDb {
     /// A Redis-flow store over this database and the local Redis, in a namespace of its own
     /// that is deleted when the guard drops.
     pub async fn redis_store(&self, limits: Limits) -> (Arc<RedisStore>, RedisNamespace) {
-        let connection = connect(self.url(), 16).await.expect("connect");
         let namespace = RedisNamespace::new();
+        let store = self
+            .redis_store_in(&redis_url(), &namespace.0, limits)
+            .await;
+        (store, namespace)
+    }
+
+    /// A Redis-flow store over this database and the Redis at `url`, in `namespace` (to look at
+    /// what a server wrote there).
+    pub async fn redis_store_in(
+        &self,
+        url: &str,
+        namespace: &str,
+        limits: Limits,
+    ) -> Arc<RedisStore> {
+        let connection = connect(self.url(), 4).await.expect("connect");
         let settings = RedisSettings {
-            url: redis_url(),
-            namespace: namespace.0.clone(),
+            url: url.to_owned(),
+            namespace: namespace.to_owned(),
             pin_timeout: Duration::from_secs(30),
             journal_interval: Duration::from_millis(20),
             command_timeout: Duration::from_secs(5),
         };
         let store = RedisStore::connect(connection, settings, Arc::new(Wakeup::default()), limits)
             .await
-            .expect("Redis at 127.0.0.1:6379 is needed");
-        (Arc::new(store), namespace)
+            .unwrap_or_else(|e| panic!("Redis at {url} is needed: {e}"));
+        Arc::new(store)
     }
 
     /// A database store on this database, with its own bus, and the limits given.

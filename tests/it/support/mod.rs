@@ -1,12 +1,15 @@
 //! Test support: fresh databases, a server bound to port 0, a GraphQL client over HTTP and a
 //! subscription client over WebSocket.
 
+pub mod client;
 pub mod db;
+pub mod process;
 pub mod redis;
 pub mod server;
 pub mod ws;
 
 pub use db::{RedisNamespace, TestDb};
+pub use process::Process;
 pub use redis::RedisServer;
 pub use server::TestServer;
 pub use ws::{Protocol, Subscription};

@@ -39,6 +39,7 @@ pub struct Subscription {
 #[derive(Debug)]
 pub enum Next {
     Data(Value),
+    #[allow(dead_code, reason = "read in the Debug output of failed assertions")]
     Errors(Value),
     Complete,
 }
@@ -121,7 +122,6 @@ impl Subscription {
     }
 
     /// The next data payload; panics on errors, completion or a timeout.
-    #[track_caller]
     pub async fn next_data(&mut self, timeout: Duration) -> Value {
         match self.next_within(timeout).await {
             Some(Next::Data(data)) => data,

@@ -1,0 +1,114 @@
+//! A GraphQL client over HTTP, with shorthands for the calls most tests make.
+
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the server at `base` (`http://127.0.0.1:PORT`).
+    pub fn new(base: String) -> Client {
+        Client {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn ready(&self) -> bool {
+        let ready = self.http.get(self.url("/readyz")).send().await;
+        ready.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Runs a query or mutation and returns the whole response (data and errors).
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("POST /graphql");
+        assert!(response.status().is_success(), "HTTP {}", response.status());
+        response.json().await.expect("JSON response")
+    }
+
+    pub async fn create_event(&self, name: &str) -> String {
+        let r = self
+            .gql(
+                "mutation($n:String!){createEvent(input:{name:$n}){id}}",
+                json!({"n": name}),
+            )
+            .await;
+        super::data(&r)["createEvent"]["id"]
+            .as_str()
+            .expect("event id")
+            .to_owned()
+    }
+
+    pub async fn create_ticket_type(
+        &self,
+        event_id: &str,
+        capacity: i64,
+        max_per_customer: Option<i64>,
+    ) -> String {
+        let r = self
+            .gql(
+                "mutation($e:ID!,$c:Int!,$m:Int){createTicketType(input:{eventId:$e,name:\"GA\",\
+                 priceCents:4500,capacity:$c,maxPerCustomer:$m}){id}}",
+                json!({"e": event_id, "c": capacity, "m": max_per_customer}),
+            )
+            .await;
+        super::data(&r)["createTicketType"]["id"]
+            .as_str()
+            .expect("ticket type id")
+            .to_owned()
+    }
+
+    /// `holdTickets` of one item; returns the whole response.
+    pub async fn hold(
+        &self,
+        event_id: &str,
+        customer_id: &str,
+        ticket_type_id: &str,
+        quantity: i64,
+        ttl_seconds: Option<i64>,
+    ) -> Value {
+        self.gql(
+            "mutation($e:ID!,$c:ID!,$t:ID!,$q:Int!,$ttl:Int){holdTickets(input:{eventId:$e,\
+             customerId:$c,items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl})\
+             {id status expiresAt secondsLeft items{ticketTypeId quantity}}}",
+            json!({"e": event_id, "c": customer_id, "t": ticket_type_id, "q": quantity,
+                   "ttl": ttl_seconds}),
+        )
+        .await
+    }
+
+    /// A hold read back by id (`null` if there is none).
+    pub async fn hold_by_id(&self, id: &str) -> Value {
+        let r = self
+            .gql(
+                "query($id:ID!){hold(id:$id){id status expiresAt endedAt}}",
+                json!({"id": id}),
+            )
+            .await;
+        super::data(&r)["hold"].clone()
+    }
+
+    pub async fn availability(&self, ticket_type_id: &str) -> Value {
+        let r = self
+            .gql(
+                "query($t:ID!){availability(ticketTypeId:$t){capacity sold held available}}",
+                json!({"t": ticket_type_id}),
+            )
+            .await;
+        super::data(&r)["availability"].clone()
+    }
+}
