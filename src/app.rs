@@ -248,15 +248,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// A store over `database_url` with default limits, for `verify` and other one-off commands.
-pub async fn open_store(database_url: &str) -> anyhow::Result<DbStore> {
+/// A store over `database_url` (and Redis, for the Redis flow) with default limits, for
+/// `verify` and other one-off commands; it starts no timer and serves nothing.
+pub async fn open_store(
+    database_url: &str,
+    redis_url: Option<String>,
+    redis_namespace: &str,
+) -> anyhow::Result<Arc<dyn HoldStore>> {
     let connection = db::connect(database_url, 4)
         .await
         .context("cannot open the database")?;
-    Ok(DbStore::new(
-        connection,
-        Bus::new(1),
-        Arc::new(Wakeup::default()),
-        Limits::default(),
-    ))
+    let wakeup = Arc::new(Wakeup::default());
+    let Some(url) = redis_url else {
+        return Ok(Arc::new(DbStore::new(
+            connection,
+            Bus::new(1),
+            wakeup,
+            Limits::default(),
+        )));
+    };
+    let settings = RedisSettings {
+        url,
+        namespace: redis_namespace.to_owned(),
+        pin_timeout: Duration::from_secs(30),
+        journal_interval: Duration::from_millis(100),
+        command_timeout: Duration::from_secs(5),
+    };
+    let store = RedisStore::connect(connection, settings, wakeup, Limits::default()).await?;
+    Ok(Arc::new(store))
 }

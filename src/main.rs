@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tickethold::app::{self, Config};
-use tickethold::store::HoldStore;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -28,6 +27,11 @@ enum Command {
     Verify {
         #[arg(long, env = "DATABASE_URL", default_value = app::DATABASE_URL_DEFAULT, hide_env_values = true)]
         database_url: String,
+        /// Also check the Redis flow's counters against the holds in Redis.
+        #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+        redis_url: Option<String>,
+        #[arg(long, env = "TICKETHOLD_REDIS_NAMESPACE", default_value = "tickethold")]
+        redis_namespace: String,
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     Schema,
@@ -68,8 +72,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             app::serve(listener, *config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { database_url } => {
-            let store = app::open_store(&database_url).await?;
+        Command::Verify {
+            database_url,
+            redis_url,
+            redis_namespace,
+        } => {
+            let store = app::open_store(&database_url, redis_url, &redis_namespace).await?;
             let drifts = store.verify().await?;
             if drifts.is_empty() {
                 println!("ok: every counter matches the holds and orders");

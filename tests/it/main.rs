@@ -7,5 +7,6 @@ mod contention;
 mod crash;
 mod lifecycle;
 mod model;
+mod redis_flow;
 mod schema;
 mod support;

@@ -445,15 +445,14 @@ impl Model {
         key: Option<&str>,
         now: Millis,
     ) -> Result<Option<usize>, Kind> {
-        if let Some(key) = key {
-            if let Some(&i) = self.keys.get(&(customer, key.to_owned())) {
-                self.saw("idempotent retry");
-                self.read(i, now);
-                return match self.holds[i].items == *items {
-                    true => Ok(Some(i)),
-                    false => Err(Kind::Invalid),
-                };
-            }
+        let retried = key.and_then(|key| self.keys.get(&(customer, key.to_owned())));
+        if let Some(&i) = retried {
+            self.saw("idempotent retry");
+            self.read(i, now);
+            return match self.holds[i].items == *items {
+                true => Ok(Some(i)),
+                false => Err(Kind::Invalid),
+            };
         }
         // The store first tries with its counters, which still count overdue holds; sold out
         // with overdue holds on one of these ticket types, it expires every due hold first.

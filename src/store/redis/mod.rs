@@ -177,14 +177,21 @@ impl RedisStore {
             .filter(ticket_type::Column::EventId.eq(event.0))
             .all(&self.db)
             .await?;
-        let holds = hold::Entity::find()
+        let journaled = hold::Entity::find()
             .filter(hold::Column::EventId.eq(event.0))
             .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
-            .filter(hold::Column::ExpiresAt.gt(now.0))
             .all(&self.db)
             .await?;
-        let ids: Vec<Uuid> = holds.iter().map(|h| h.id).collect();
+        let ids: Vec<Uuid> = journaled.iter().map(|h| h.id).collect();
         let mut items = queries::hold_items(&self.db, &ids).await?;
+        let mut holds = Vec::with_capacity(journaled.len());
+        for model in journaled {
+            let hold_items = items.remove(&model.id).unwrap_or_default();
+            holds.push(convert::hold_of(model, hold_items)?);
+        }
+        // Holds that lapsed while Redis was away are expired now (and announced), not loaded.
+        let (live, lapsed): (Vec<Hold>, Vec<Hold>) =
+            holds.into_iter().partition(|hold| hold.expires_at > now);
         let bought = self.bought_per_customer(&types).await?;
         // Versions restart above any version written before (see `Availability::version`).
         let version = now.0.saturating_mul(1000);
@@ -198,18 +205,18 @@ impl RedisStore {
                 version.to_string(),
             ]);
         }
-        args.push(holds.len().to_string());
-        for model in holds {
-            let hold_items = items.remove(&model.id).unwrap_or_default();
-            let hold = convert::hold_of(model, hold_items)?;
-            args.extend([
-                hold.id.to_string(),
-                hold.customer_id.to_string(),
-                hold.created_at.0.to_string(),
-                hold.expires_at.0.to_string(),
-                items_text(&hold.items),
-                hold.idempotency_key.clone().unwrap_or_default(),
-            ]);
+        for group in [&live, &lapsed] {
+            args.push(group.len().to_string());
+            for hold in group {
+                args.extend([
+                    hold.id.to_string(),
+                    hold.customer_id.to_string(),
+                    hold.created_at.0.to_string(),
+                    hold.expires_at.0.to_string(),
+                    items_text(&hold.items),
+                    hold.idempotency_key.clone().unwrap_or_default(),
+                ]);
+            }
         }
         args.push(bought.len().to_string());
         for (customer, tt, quantity) in bought {
@@ -222,7 +229,17 @@ impl RedisStore {
         }
         let loaded: i64 = invocation.invoke_async(&mut self.conn()).await?;
         if loaded == 1 {
-            tracing::warn!(event_id = %event, "loaded the event into Redis from the database");
+            tracing::warn!(
+                event_id = %event,
+                active = live.len(),
+                lapsed = lapsed.len(),
+                "loaded the event into Redis from the database"
+            );
+            for mut hold in lapsed {
+                hold.status = HoldStatus::Expired;
+                hold.ended_at = Some(now);
+                self.journal.record(hold).await;
+            }
             let _: () = redis::cmd("SET")
                 .arg(self.keys.epoch())
                 .arg(now.0)

@@ -29,15 +29,22 @@ impl Client {
 
     /// Runs a query or mutation and returns the whole response (data and errors).
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        match self.try_gql(query, variables).await {
+            Ok(response) => response,
+            Err(error) => panic!("POST /graphql: {error}"),
+        }
+    }
+
+    /// `gql`, but a server that cannot be reached is an `Err`, as a load balancer would see it.
+    pub async fn try_gql(&self, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
         let response = self
             .http
             .post(self.url("/graphql"))
             .json(&json!({ "query": query, "variables": variables }))
             .send()
-            .await
-            .expect("POST /graphql");
+            .await?;
         assert!(response.status().is_success(), "HTTP {}", response.status());
-        response.json().await.expect("JSON response")
+        response.json().await
     }
 
     pub async fn create_event(&self, name: &str) -> String {

@@ -71,6 +71,10 @@ impl Process {
         }
     }
 
+    pub fn clone_client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

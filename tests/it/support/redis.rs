@@ -95,6 +95,17 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Stops the server cleanly (SHUTDOWN: the AOF is written) and starts it again.
+    pub fn shutdown_and_restart(&mut self) {
+        if let Ok(mut conn) = self.client().get_connection() {
+            let _: Result<(), _> = redis::cmd("SHUTDOWN").query(&mut conn);
+        }
+        if let Some(mut child) = self.child.take() {
+            child.wait().ok();
+        }
+        self.spawn();
+    }
+
     /// Runs one command on this server.
     pub fn command(&self, args: &[&str]) -> redis::Value {
         let mut conn = self.client().get_connection().expect("connect");

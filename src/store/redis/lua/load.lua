@@ -2,7 +2,9 @@
 -- instance won the race). Also adds a single new ticket type to a loaded event.
 -- ARGV: prefix, now, mode ('event' or 'type'), n types, then per type: id, capacity, sold,
 -- max, version; n holds, then per hold: id, customer, created, expires, items, idem;
--- n customer counts, then per count: customer, type, quantity.
+-- n lapsed holds (journaled active, past their expiry: they lapsed while Redis was away), then
+-- per hold: id, customer, created, expires, items, idem; n customer counts, then per count:
+-- customer, type, quantity.
 -- Returns 1 if it loaded, 0 if there was nothing to do.
 local mode = ARGV[3]
 if mode == 'event' and not not_loaded() then return 0 end
@@ -37,6 +39,16 @@ for _ = 1, holds do
     local idem_key = P .. 'idem:' .. string.len(customer) .. ':' .. customer .. ':' .. idem
     redis.call('SET', idem_key, id, 'PX', RETENTION_MS)
   end
+end
+local lapsed = tonumber(ARGV[i]); i = i + 1
+for _ = 1, lapsed do
+  local id = ARGV[i]
+  redis.call('HSET', P .. 'hold:' .. id, 'id', id, 'event', event, 'customer', ARGV[i + 1],
+    'status', 'EXPIRED', 'created', ARGV[i + 2], 'expires', ARGV[i + 3], 'ended', ARGV[2],
+    'items', ARGV[i + 4], 'idem', ARGV[i + 5])
+  redis.call('PEXPIRE', P .. 'hold:' .. id, RETENTION_MS)
+  emit(id, {})
+  i = i + 6
 end
 local counts = tonumber(ARGV[i]); i = i + 1
 for _ = 1, counts do
