@@ -25,8 +25,7 @@ const IDEMPOTENCY_KEY: &str = "key-1";
 const CUSTOMER: &str = "c-1";
 
 impl World {
-    async fn new(db: &TestDb) -> World {
-        let server = TestServer::start(db.url()).await;
+    async fn new(server: TestServer) -> World {
         let event_id = server.create_event("Main Stage").await;
         let other_event_id = server.create_event("Side Stage").await;
         let ticket_type_id = server.create_ticket_type(&event_id, 10, None).await;
@@ -157,10 +156,10 @@ fn unknown_id() -> String {
     Uuid::new_v4().to_string()
 }
 
-#[tokio::test]
-async fn bad_holds_are_refused_with_their_code_and_change_nothing() {
-    let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+crate::on_both_flows!(bad_holds_are_refused_with_their_code_and_change_nothing);
+
+async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestServer) {
+    let world = World::new(server).await;
     let (e, t) = (world.event_id.as_str(), world.ticket_type_id.as_str());
     let one = |customer: &str| hold_vars(e, customer, &[(t, 1)], None);
     let twenty_one: Vec<(&str, i64)> = (0..21).map(|_| (t, 1)).collect();
@@ -331,10 +330,12 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing() {
     );
 }
 
-#[tokio::test]
-async fn unknown_and_malformed_holds_cannot_be_extended_released_or_checked_out() {
-    let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+crate::on_both_flows!(unknown_and_malformed_holds_cannot_be_extended_released_or_checked_out);
+
+async fn unknown_and_malformed_holds_cannot_be_extended_released_or_checked_out(
+    server: TestServer,
+) {
+    let world = World::new(server).await;
     let h = world.hold_id.as_str();
     let extend = "mutation($h:ID!,$ttl:Int){extendHold(holdId:$h,ttlSeconds:$ttl){id expiresAt}}";
     let release = "mutation($h:ID!){releaseHold(holdId:$h){id status}}";
@@ -427,10 +428,10 @@ async fn unknown_and_malformed_holds_cannot_be_extended_released_or_checked_out(
     }
 }
 
-#[tokio::test]
-async fn bad_events_and_ticket_types_are_refused_and_change_nothing() {
-    let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+crate::on_both_flows!(bad_events_and_ticket_types_are_refused_and_change_nothing);
+
+async fn bad_events_and_ticket_types_are_refused_and_change_nothing(server: TestServer) {
+    let world = World::new(server).await;
     let e = world.event_id.as_str();
     let create_event = "mutation($n:String!){createEvent(input:{name:$n}){id}}";
     let create_type = "mutation($e:ID!,$n:String!,$p:Int!,$c:Int!,$m:Int){createTicketType(\
@@ -516,10 +517,10 @@ async fn bad_events_and_ticket_types_are_refused_and_change_nothing() {
     }
 }
 
-#[tokio::test]
-async fn queries_of_unknown_ids_read_null_and_malformed_ids_are_invalid() {
-    let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+crate::on_both_flows!(queries_of_unknown_ids_read_null_and_malformed_ids_are_invalid);
+
+async fn queries_of_unknown_ids_read_null_and_malformed_ids_are_invalid(server: TestServer) {
+    let world = World::new(server).await;
 
     // Unknown ids of single objects: null, no error.
     for (label, query) in [
@@ -583,7 +584,7 @@ async fn queries_of_unknown_ids_read_null_and_malformed_ids_are_invalid() {
 #[tokio::test]
 async fn queries_the_engine_refuses_are_invalid_input() {
     let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+    let world = World::new(TestServer::start(db.url()).await).await;
     let cases = [
         case("syntax error", "{ events { id ", json!({}), INVALID),
         case(
@@ -669,7 +670,7 @@ fn nested_introspection(depth: usize) -> String {
 #[tokio::test]
 async fn the_depth_limit_lets_graphiql_introspect() {
     let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+    let world = World::new(TestServer::start(db.url()).await).await;
 
     let r = world.server.gql(&nested_introspection(16), json!({})).await;
     assert!(support::data(&r)["__schema"]["types"].is_array(), "{r}");
@@ -707,7 +708,7 @@ async fn the_depth_limit_lets_graphiql_introspect() {
 #[tokio::test]
 async fn a_body_that_is_not_a_graphql_request_is_a_4xx_with_invalid_input() {
     let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+    let world = World::new(TestServer::start(db.url()).await).await;
     let before = world.snapshot().await;
     for (label, body) in [
         ("malformed JSON", "{bad json".to_owned()),
@@ -739,7 +740,7 @@ async fn a_body_that_is_not_a_graphql_request_is_a_4xx_with_invalid_input() {
 #[tokio::test]
 async fn a_json_body_without_a_query_is_invalid_input_not_a_5xx() {
     let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+    let world = World::new(TestServer::start(db.url()).await).await;
     let before = world.snapshot().await;
     for (label, body) in [
         ("no query", r#"{"variables": {}}"#),
@@ -762,7 +763,7 @@ async fn a_json_body_without_a_query_is_invalid_input_not_a_5xx() {
 #[tokio::test]
 async fn a_body_over_the_size_limit_is_refused_with_413_and_not_run() {
     let db = TestDb::sqlite();
-    let world = World::new(&db).await;
+    let world = World::new(TestServer::start(db.url()).await).await;
     let before = world.snapshot().await;
     // A valid mutation, padded with blanks past the limit.
     let query = format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::ws::Next;
-use crate::support::{Protocol, RedisServer, Subscription, TestDb, TestServer, data, error_code};
+use crate::support::{Protocol, Subscription, TestServer, data, error_code};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -36,32 +36,9 @@ async fn until_available(subscription: &mut Subscription, available: u64) -> Val
     }
 }
 
-/// Runs a story on the database flow (SQLite) and on the Redis flow (a private Redis with
-/// keyspace notifications, PostgreSQL).
-macro_rules! on_both_flows {
-    ($story:ident) => {
-        mod $story {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_database_flow() {
-                let db = TestDb::sqlite();
-                super::$story(TestServer::start(db.url()).await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_redis_flow() {
-                let db = TestDb::postgres().await;
-                let redis = RedisServer::start();
-                super::$story(TestServer::start_redis(db.url(), &redis.url(), "th").await).await;
-            }
-        }
-    };
-}
-
-on_both_flows!(a_short_hold_counts_down_expires_once_and_its_tickets_come_back);
-on_both_flows!(holds_are_extended_released_and_checked_out_with_their_countdowns);
-on_both_flows!(graphiql_is_served_and_shutdown_ends_open_subscriptions);
+crate::on_both_flows!(a_short_hold_counts_down_expires_once_and_its_tickets_come_back);
+crate::on_both_flows!(holds_are_extended_released_and_checked_out_with_their_countdowns);
+crate::on_both_flows!(graphiql_is_served_and_shutdown_ends_open_subscriptions);
 
 async fn a_short_hold_counts_down_expires_once_and_its_tickets_come_back(server: TestServer) {
     let event = server.create_event("Concert").await;

@@ -15,9 +15,10 @@ use tickethold::domain::Limits;
 use tickethold::store::HoldStore;
 
 use crate::support::client::Client;
+use crate::support::server::redis_config;
 use crate::support::ws::Next;
 use crate::support::{
-    Process, Protocol, RedisServer, Subscription, TestDb, data, error_code, process,
+    Process, Protocol, RedisServer, Subscription, TestDb, TestServer, data, error_code, process,
 };
 
 const EXPIRED: &str = "subscription($e:ID!){holdExpired(eventId:$e){holdId expiredAt expiresAt}}";
@@ -440,4 +441,75 @@ async fn a_killed_notification_connection_reconnects_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn holds_expire_on_time_with_notifications_switched_off() {
     sale_under(Fault::SwitchNotificationsOff).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_or_database_answers_unavailable_quickly() {
+    let db = TestDb::postgres().await;
+    let mut redis = RedisServer::start();
+    let mut config = redis_config(db.url(), &redis.url(), "th");
+    config.redis_timeout_ms = 500;
+    let server = TestServer::start_with(config).await;
+    let event = server.create_event("Outage").await;
+    let ticket_type = server.create_ticket_type(&event, 10, None).await;
+    data(&server.hold(&event, "before", &ticket_type, 1, None).await);
+
+    redis.kill();
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let refused = server.hold(&event, "during", &ticket_type, 1, None).await;
+        assert_eq!(
+            error_code(&refused).as_deref(),
+            Some("UNAVAILABLE"),
+            "{refused}"
+        );
+        assert!(
+            !refused.to_string().contains("Connection refused"),
+            "the cause leaks: {refused}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            asked.elapsed()
+        );
+    }
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = server.hold(&event, "after", &ticket_type, 1, None).await;
+        if held.get("errors").is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rebuilt from the journal: both holds are there.
+    assert_eq!(server.availability(&ticket_type).await["held"], 2);
+
+    // The database goes away.
+    let admin = sea_orm::Database::connect(crate::support::db::postgres_admin_url())
+        .await
+        .unwrap();
+    let name = db.url().rsplit('/').next().unwrap().to_owned();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &admin,
+        &format!("DROP DATABASE {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    let refused = server.gql("{events{id}}", json!({})).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("UNAVAILABLE"),
+        "{refused}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        asked.elapsed()
+    );
 }

@@ -16,8 +16,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(3))
+        // Bounded, so that an unreachable database is a quick UNAVAILABLE, not a hang.
+        .acquire_timeout(Duration::from_secs(3));
     if url.starts_with("sqlite:") {
         create_parent_dir(url)?;
         options

@@ -731,55 +731,20 @@ impl HoldStore for RedisStore {
         for (ticket_type, quantity) in &request.items {
             args.extend([ticket_type.to_string(), quantity.get().to_string()]);
         }
-        let mut loaded_types = HashSet::new();
-        loop {
-            let reply = self
-                .run(&self.scripts.hold, request.event_id, now, &args)
-                .await?;
-            let values = strings(&reply);
-            let field = |i: usize| values.get(i).cloned().unwrap_or_default();
-            let number = |i: usize| field(i).parse::<i64>().unwrap_or(0).max(0) as u32;
-            let ticket_type_id = || field(1).parse::<TicketTypeId>();
-            return match values.first().map(String::as_str) {
-                Some("OK") => {
-                    let (hold, _) = hold_of(&values[1..])?;
-                    self.journal.record(hold.clone()).await;
-                    self.wakeup.schedule(hold.expires_at);
-                    tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
-                    Ok(Ok(hold))
-                }
-                Some("EXISTS") => {
-                    let existing: HoldId = field(1).parse().map_err(|_| {
-                        StoreError::Invariant("bad idempotency entry in Redis".into())
-                    })?;
-                    match self.get_hold(existing, now).await? {
-                        Some(hold) => Ok(request.retry_of(hold)),
-                        None => Err(StoreError::Invariant(format!("hold {existing} vanished"))),
-                    }
-                }
-                Some("LIMIT") => Ok(Err(Rejection::LimitExceeded {
-                    ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
-                    max_per_customer: number(2),
-                    already: number(3),
-                })),
-                Some("SOLD_OUT") => Ok(Err(Rejection::SoldOut {
-                    ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
-                    available: number(2),
-                })),
-                Some("NOTYPE") => {
-                    let missing = ticket_type_id().map_err(|_| bad_reply(&values))?;
-                    if loaded_types.insert(missing)
-                        && self.load_type(request.event_id, missing, now).await?
-                    {
-                        continue;
-                    }
-                    Ok(Err(Rejection::NotFound {
-                        what: "ticket type",
-                    }))
-                }
-                _ => Err(bad_reply(&values)),
-            };
+        let claimed = match self.claim_idempotency_key(&request).await? {
+            Ok(claimed) => claimed,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let held = self.run_hold(&request, now, &args).await;
+        if claimed && !matches!(held, Ok(Ok(_))) {
+            // No hold was made under the key: free it, as the database flow would.
+            let key = request.idempotency_key.as_deref().unwrap_or_default();
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(self.keys.idempotency(request.customer_id.as_str(), key))
+                .query_async(&mut self.conn())
+                .await;
         }
+        held
     }
 
     async fn extend(&self, id: HoldId, ttl: TtlSeconds, now: Millis) -> StoreResult<Outcome<Hold>> {
@@ -916,6 +881,97 @@ impl HoldStore for RedisStore {
 }
 
 impl RedisStore {
+    /// Runs the hold script until it answers (loading a ticket type that is missing from
+    /// Redis at most once).
+    async fn run_hold(
+        &self,
+        request: &HoldRequest,
+        now: Millis,
+        args: &[String],
+    ) -> StoreResult<Outcome<Hold>> {
+        let mut loaded_types = HashSet::new();
+        loop {
+            let reply = self
+                .run(&self.scripts.hold, request.event_id, now, args)
+                .await?;
+            let values = strings(&reply);
+            let field = |i: usize| values.get(i).cloned().unwrap_or_default();
+            let number = |i: usize| field(i).parse::<i64>().unwrap_or(0).max(0) as u32;
+            let ticket_type_id = || field(1).parse::<TicketTypeId>();
+            return match values.first().map(String::as_str) {
+                Some("OK") => {
+                    let (hold, _) = hold_of(&values[1..])?;
+                    self.journal.record(hold.clone()).await;
+                    self.wakeup.schedule(hold.expires_at);
+                    tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
+                    Ok(Ok(hold))
+                }
+                Some("EXISTS") => {
+                    let existing: HoldId = field(1).parse().map_err(|_| {
+                        StoreError::Invariant("bad idempotency entry in Redis".into())
+                    })?;
+                    match self.get_hold(existing, now).await? {
+                        Some(hold) => Ok(request.retry_of(hold)),
+                        None => Err(StoreError::Invariant(format!("hold {existing} vanished"))),
+                    }
+                }
+                Some("LIMIT") => Ok(Err(Rejection::LimitExceeded {
+                    ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
+                    max_per_customer: number(2),
+                    already: number(3),
+                })),
+                Some("SOLD_OUT") => Ok(Err(Rejection::SoldOut {
+                    ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
+                    available: number(2),
+                })),
+                Some("NOTYPE") => {
+                    let missing = ticket_type_id().map_err(|_| bad_reply(&values))?;
+                    if loaded_types.insert(missing)
+                        && self.load_type(request.event_id, missing, now).await?
+                    {
+                        continue;
+                    }
+                    Ok(Err(Rejection::NotFound {
+                        what: "ticket type",
+                    }))
+                }
+                _ => Err(bad_reply(&values)),
+            };
+        }
+    }
+
+    /// Claims the customer's idempotency key for this request's event, across events: `Ok(true)`
+    /// if this call claimed it, `Ok(false)` if it was this event's already (or there is no key),
+    /// a rejection if another event's hold has it.
+    async fn claim_idempotency_key(&self, request: &HoldRequest) -> StoreResult<Outcome<bool>> {
+        let Some(key) = &request.idempotency_key else {
+            return Ok(Ok(false));
+        };
+        let global = self.keys.idempotency(request.customer_id.as_str(), key);
+        let event = request.event_id.to_string();
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&global)
+            .arg(&event)
+            .arg("NX")
+            .arg("PX")
+            .arg(RETENTION.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        if claimed.is_some() {
+            return Ok(Ok(true));
+        }
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&global)
+            .query_async(&mut self.conn())
+            .await?;
+        if owner.is_none_or(|owner| owner == event) {
+            return Ok(Ok(false));
+        }
+        Ok(Err(Rejection::Invalid(crate::domain::InvalidInput::new(
+            "idempotencyKey was already used for a different hold",
+        ))))
+    }
+
     /// The stock of some ticket types of an event, after reclaiming its overdue holds.
     async fn stock(
         &self,

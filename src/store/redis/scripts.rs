@@ -67,6 +67,16 @@ impl Keys {
         format!("{}:hold:{{{hold}}}", self.namespace)
     }
 
+    /// A customer's idempotency key across events (the one inside the event's slot only sees
+    /// its own event): it names the event whose hold the key belongs to.
+    pub fn idempotency(&self, customer: &str, key: &str) -> String {
+        format!(
+            "{}:idem:{{{}:{customer}:{key}}}",
+            self.namespace,
+            customer.len()
+        )
+    }
+
     /// Set while Redis has the state loaded from the database; its absence after a restart or
     /// a flush is how a loss of data is noticed.
     pub fn epoch(&self) -> String {

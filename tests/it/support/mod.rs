@@ -32,3 +32,28 @@ pub fn data(response: &Value) -> &Value {
     );
     &response["data"]
 }
+
+/// Runs a story (an `async fn(TestServer)`) on the database flow (SQLite) and on the Redis flow
+/// (a private Redis with keyspace notifications, PostgreSQL), as two tests in a module named
+/// after the story.
+#[macro_export]
+macro_rules! on_both_flows {
+    ($story:ident) => {
+        mod $story {
+            use $crate::support::{RedisServer, TestDb, TestServer};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_the_database_flow() {
+                let db = TestDb::sqlite();
+                super::$story(TestServer::start(db.url()).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_the_redis_flow() {
+                let db = TestDb::postgres().await;
+                let redis = RedisServer::start();
+                super::$story(TestServer::start_redis(db.url(), &redis.url(), "th").await).await;
+            }
+        }
+    };
+}
