@@ -88,9 +88,14 @@ pub struct Config {
     pub bus_capacity: usize,
 
     /// Selects the Redis flow: holds live in Redis (`redis://host:6379/0`); the database keeps
-    /// events, ticket types, orders and the hold journal.
+    /// events, ticket types, orders and the hold journal. Several comma-separated URLs are the
+    /// seed nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// The Redis URL is a node of a Redis Cluster (implied by several URLs).
+    #[arg(long, env = "TICKETHOLD_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key, so that deployments can share one Redis.
     #[arg(long, env = "TICKETHOLD_REDIS_NAMESPACE", default_value = "tickethold")]
@@ -182,6 +187,7 @@ pub async fn serve(
                     config.redis_journal_interval_ms,
                 )),
                 command_timeout: Duration::from_millis(u64::from(config.redis_timeout_ms.max(1))),
+                cluster: config.redis_cluster,
             };
             let store = RedisStore::connect(connection, settings, wakeup.clone(), limits.clone())
                 .await
@@ -273,6 +279,7 @@ pub async fn open_store(
         pin_timeout: Duration::from_secs(30),
         journal_interval: Duration::from_millis(100),
         command_timeout: Duration::from_secs(5),
+        cluster: false,
     };
     let store = RedisStore::connect(connection, settings, wakeup, Limits::default()).await?;
     Ok(Arc::new(store))

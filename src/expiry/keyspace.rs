@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Millis;
@@ -50,27 +50,40 @@ pub async fn run(
     }
 }
 
-/// One subscription, from connecting to its end.
+/// One subscription (to every primary of a cluster: each node announces only its own keys),
+/// from connecting to the end of any of its connections.
 async fn listen(
     store: &RedisStore,
     configure: bool,
     sweep_batch_max: u32,
     shutdown: &CancellationToken,
 ) -> Result<(), crate::store::StoreError> {
-    check_notifications(store, configure).await;
-    let mut pubsub = store.client().get_async_pubsub().await?;
-    pubsub.psubscribe("__keyevent@*__:expired").await?;
+    let primaries = store.topology().primaries(&mut store.conn()).await?;
+    let mut streams = Vec::with_capacity(primaries.len());
+    for primary in &primaries {
+        check_notifications(primary, configure).await;
+        let mut pubsub = primary.get_async_pubsub().await?;
+        pubsub.psubscribe("__keyevent@*__:expired").await?;
+        // A `None` after the last message says that this node's connection ended.
+        streams.push(
+            pubsub
+                .into_on_message()
+                .map(Some)
+                .chain(stream::once(async { None }))
+                .boxed(),
+        );
+    }
     // Whatever expired while nobody listened.
     let caught_up =
         crate::expiry::timer::expire_all_due(store, Millis::now(), sweep_batch_max).await?;
     if caught_up > 0 {
         tracing::info!(caught_up, "expired holds whose notifications were missed");
     }
-    let mut messages = pubsub.into_on_message();
+    let mut messages = stream::select_all(streams);
     loop {
         tokio::select! {
             message = messages.next() => {
-                let Some(message) = message else { return Ok(()) };
+                let Some(Some(message)) = message else { return Ok(()) };
                 let Ok(key) = message.get_payload::<String>() else { continue };
                 let Some((event, hold)) = store.keys().parse_shadow(&key) else { continue };
                 if let Err(error) = store.expire_one(event, hold, Millis::now()).await {
@@ -83,8 +96,8 @@ async fn listen(
 }
 
 /// Reads `notify-keyspace-events` and says clearly when expiry notifications are off.
-async fn check_notifications(store: &RedisStore, configure: bool) {
-    let Ok(mut conn) = store.client().get_multiplexed_async_connection().await else {
+async fn check_notifications(node: &redis::Client, configure: bool) {
+    let Ok(mut conn) = node.get_multiplexed_async_connection().await else {
         return;
     };
     let current: Result<Vec<String>, _> = redis::cmd("CONFIG")

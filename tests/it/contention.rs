@@ -8,7 +8,7 @@ use tickethold::domain::Limits;
 use tickethold::store::HoldStore;
 
 use crate::support::db::redis_url;
-use crate::support::{RedisNamespace, TestDb, TestServer, error_code};
+use crate::support::{RedisCluster, RedisNamespace, TestDb, TestServer, error_code};
 
 async fn five_hundred_buyers_for_one_hundred_tickets(
     db: &TestDb,
@@ -68,6 +68,18 @@ async fn five_hundred_buyers_for_one_hundred_tickets_on_redis() {
     five_hundred_buyers_for_one_hundred_tickets(&db, server).await;
     let store = db
         .redis_store_in(&redis_url(), &namespace.0, Limits::default())
+        .await;
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_buyers_for_one_hundred_tickets_on_a_redis_cluster() {
+    let db = TestDb::postgres().await;
+    let cluster = RedisCluster::start();
+    let server = TestServer::start_redis(db.url(), &cluster.url(), "th").await;
+    five_hundred_buyers_for_one_hundred_tickets(&db, server).await;
+    let store = db
+        .redis_store_in(&cluster.url(), "th", Limits::default())
         .await;
     assert_eq!(store.verify().await.unwrap(), vec![]);
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
+use redis::aio::ConnectionLike;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisStore;
@@ -27,37 +28,7 @@ pub async fn run(store: Arc<RedisStore>, bus: Bus, shutdown: CancellationToken) 
     let mut positions: HashMap<EventId, String> = HashMap::new();
     let mut started = false;
     loop {
-        let step = async {
-            let mut conn = store
-                .client()
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(Duration::from_secs(2)))
-                        .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(2))),
-                )
-                .await?;
-            loop {
-                let events = store.known_events().await?;
-                for event in &events {
-                    if !positions.contains_key(event) {
-                        let from = if started {
-                            "0-0".to_owned()
-                        } else {
-                            last_id(&store, &mut conn, *event).await?
-                        };
-                        positions.insert(*event, from);
-                    }
-                }
-                started = true;
-                if positions.is_empty() {
-                    tokio::time::sleep(READ_BLOCK).await;
-                    continue;
-                }
-                read_once(&store, &bus, &mut conn, &mut positions).await?;
-            }
-            #[allow(unreachable_code)]
-            StoreResult::Ok(())
-        };
+        let step = follow(&store, &bus, &mut positions, &mut started);
         tokio::select! {
             result = step => {
                 if let Err(error) = result {
@@ -73,9 +44,68 @@ pub async fn run(store: Arc<RedisStore>, bus: Bus, shutdown: CancellationToken) 
     }
 }
 
-async fn last_id(
+/// Follows the streams until a read fails. A single Redis is read with one blocking XREAD over
+/// every stream, on a connection of its own; a cluster cannot read streams of several slots at
+/// once, so each stream is read on its own, without blocking, and the reader naps when all were
+/// quiet.
+async fn follow(
     store: &RedisStore,
-    conn: &mut redis::aio::MultiplexedConnection,
+    bus: &Bus,
+    positions: &mut HashMap<EventId, String>,
+    started: &mut bool,
+) -> StoreResult<()> {
+    let timeout = READ_BLOCK + Duration::from_secs(2);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(timeout));
+    let mut blocking = if store.topology().is_cluster() {
+        None
+    } else {
+        let node = store.topology().first_node();
+        Some(
+            node.get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        )
+    };
+    loop {
+        for event in store.known_events().await? {
+            if !positions.contains_key(&event) {
+                let from = if *started {
+                    "0-0".to_owned()
+                } else {
+                    last_id(store, &mut store.conn(), event).await?
+                };
+                positions.insert(event, from);
+            }
+        }
+        *started = true;
+        let read = match &mut blocking {
+            Some(conn) if !positions.is_empty() => {
+                let events: Vec<EventId> = positions.keys().copied().collect();
+                read(store, bus, conn, &events, positions, Some(READ_BLOCK)).await?
+            }
+            _ => {
+                let mut read_any = 0;
+                let events: Vec<EventId> = positions.keys().copied().collect();
+                for event in events {
+                    read_any +=
+                        read(store, bus, &mut store.conn(), &[event], positions, None).await?;
+                }
+                read_any
+            }
+        };
+        if read == 0 && (blocking.is_none() || positions.is_empty()) {
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+}
+
+/// Pause between two rounds of non-blocking reads that found nothing.
+const POLL_PAUSE: Duration = Duration::from_millis(20);
+
+async fn last_id<C: ConnectionLike>(
+    store: &RedisStore,
+    conn: &mut C,
     event: EventId,
 ) -> StoreResult<String> {
     let last: Value = redis::cmd("XREVRANGE")
@@ -93,28 +123,29 @@ async fn last_id(
         .unwrap_or_else(|| "0-0".to_owned()))
 }
 
-/// One blocking XREAD over every stream; publishes what it read.
-async fn read_once(
+/// One XREAD over the streams of `events`; publishes what it read and returns how many entries.
+async fn read<C: ConnectionLike>(
     store: &RedisStore,
     bus: &Bus,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut C,
+    events: &[EventId],
     positions: &mut HashMap<EventId, String>,
-) -> StoreResult<()> {
-    let events: Vec<EventId> = positions.keys().copied().collect();
+    block: Option<Duration>,
+) -> StoreResult<usize> {
     let mut command = redis::cmd("XREAD");
-    command
-        .arg("COUNT")
-        .arg(READ_COUNT)
-        .arg("BLOCK")
-        .arg(READ_BLOCK.as_millis() as u64)
-        .arg("STREAMS");
-    for event in &events {
+    command.arg("COUNT").arg(READ_COUNT);
+    if let Some(block) = block {
+        command.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    command.arg("STREAMS");
+    for event in events {
         command.arg(store.keys().log(*event));
     }
-    for event in &events {
+    for event in events {
         command.arg(&positions[event]);
     }
     let reply: Value = command.query_async(conn).await?;
+    let mut count = 0;
     for stream in array(&reply) {
         let parts = array(stream);
         let Some(key) = parts.first().and_then(string) else {
@@ -131,9 +162,10 @@ async fn read_once(
             let fields = entry.get(1).map(strings).unwrap_or_default();
             publish(store, bus, event, &fields).await?;
             positions.insert(event, id);
+            count += 1;
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 async fn publish(

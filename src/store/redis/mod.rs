@@ -20,6 +20,7 @@
 //! - *Events*: every script appends exactly one entry per state change to the event's stream;
 //!   `log` reads the streams on every instance and feeds its bus.
 
+mod conn;
 mod journal;
 pub mod log;
 mod scripts;
@@ -30,13 +31,13 @@ use std::time::{Duration, Instant};
 
 use entity::{hold, order, order_item, ticket_type};
 use redis::Value;
-use redis::aio::ConnectionManager;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
     TransactionTrait,
 };
 use uuid::Uuid;
 
+pub use self::conn::{Conn, Topology};
 pub use self::journal::Journal;
 pub use self::scripts::Keys;
 use self::scripts::{Scripts, array, hold_of, items_text, string, strings};
@@ -61,6 +62,8 @@ pub struct RedisSettings {
     /// Bound on every Redis command (connecting included), so that an unreachable Redis gives a
     /// clear error instead of a hang.
     pub command_timeout: Duration,
+    /// `url` names a Redis Cluster (implied when it lists several nodes).
+    pub cluster: bool,
 }
 
 /// How long ended holds, idempotency keys and hold-to-event links stay in Redis (the journal
@@ -73,8 +76,8 @@ const PINNED_WAIT: Duration = Duration::from_secs(10);
 
 pub struct RedisStore {
     db: DatabaseConnection,
-    redis: ConnectionManager,
-    client: redis::Client,
+    redis: Conn,
+    topology: Topology,
     keys: Keys,
     scripts: Scripts,
     wakeup: Arc<Wakeup>,
@@ -105,20 +108,13 @@ impl RedisStore {
         wakeup: Arc<Wakeup>,
         limits: Limits,
     ) -> StoreResult<RedisStore> {
-        let client = redis::Client::open(settings.url.as_str())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.command_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(2);
-        let connect = client.get_connection_manager_with_config(config);
-        let redis = tokio::time::timeout(settings.command_timeout, connect)
-            .await
-            .map_err(|_| StoreError::Unavailable("Redis did not answer in time".into()))??;
+        let topology = Topology::parse(&settings.url, settings.cluster)?;
+        let redis = topology.connect(settings.command_timeout).await?;
         let journal = Journal::start(db.clone(), settings.journal_interval);
         Ok(RedisStore {
             db,
             redis,
-            client,
+            topology,
             keys: Keys::new(&settings.namespace),
             scripts: Scripts::new(),
             wakeup,
@@ -133,15 +129,15 @@ impl RedisStore {
         &self.keys
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.redis.clone()
     }
 

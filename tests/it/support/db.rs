@@ -136,6 +136,7 @@ impl TestDb {
             pin_timeout: Duration::from_secs(30),
             journal_interval: Duration::from_millis(20),
             command_timeout: Duration::from_secs(5),
+            cluster: url.contains(','),
         };
         let store = RedisStore::connect(connection, settings, Arc::new(Wakeup::default()), limits)
             .await

@@ -10,7 +10,7 @@ pub mod ws;
 
 pub use db::{RedisNamespace, TestDb};
 pub use process::Process;
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisServer};
 pub use server::TestServer;
 pub use ws::{Protocol, Subscription};
 
@@ -34,8 +34,8 @@ pub fn data(response: &Value) -> &Value {
 }
 
 /// Runs a story (an `async fn(TestServer)`) on the database flow (SQLite) and on the Redis flow
-/// (a private Redis with keyspace notifications, PostgreSQL), as two tests in a module named
-/// after the story.
+/// (a private Redis with keyspace notifications, and a Redis Cluster of three primaries; with
+/// PostgreSQL), as three tests in a module named after the story.
 #[macro_export]
 macro_rules! on_both_flows {
     ($story:ident) => {
@@ -53,6 +53,13 @@ macro_rules! on_both_flows {
                 let db = TestDb::postgres().await;
                 let redis = RedisServer::start();
                 super::$story(TestServer::start_redis(db.url(), &redis.url(), "th").await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_the_redis_flow_on_a_cluster() {
+                let db = TestDb::postgres().await;
+                let cluster = $crate::support::RedisCluster::start();
+                super::$story(TestServer::start_redis(db.url(), &cluster.url(), "th").await).await;
             }
         }
     };

@@ -9,6 +9,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     append_only: bool,
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -23,6 +24,10 @@ impl RedisServer {
     }
 
     fn launch(append_only: bool) -> RedisServer {
+        RedisServer::launch_node(append_only, false)
+    }
+
+    fn launch_node(append_only: bool, cluster: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut server = RedisServer {
@@ -30,6 +35,7 @@ impl RedisServer {
             port,
             dir,
             append_only,
+            cluster,
         };
         server.spawn();
         server
@@ -52,6 +58,16 @@ impl RedisServer {
                 "--notify-keyspace-events",
                 "Ex",
             ])
+            .args(if self.cluster {
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ][..]
+            } else {
+                &[][..]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -129,4 +145,64 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// A Redis Cluster of three primaries (no replicas), each a private `redis-server`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::launch_node(false, true))
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = node.command(&["CLUSTER", "INFO"]);
+                let text = match info {
+                    redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    redis::Value::VerbatimString { text, .. } => text,
+                    other => format!("{other:?}"),
+                };
+                if text.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never became ready: {text}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The seed nodes, comma-separated, as `--redis-url` takes them.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
