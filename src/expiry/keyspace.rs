@@ -73,11 +73,13 @@ async fn listen(
                 .boxed(),
         );
     }
-    // Whatever expired while nobody listened.
-    let caught_up =
-        crate::expiry::timer::expire_all_due(store, Millis::now(), sweep_batch_max).await?;
-    if caught_up > 0 {
-        tracing::info!(caught_up, "expired holds whose notifications were missed");
+    // Whatever expired while nobody listened (should this fail, the timer's sweep catches up).
+    match crate::expiry::timer::expire_all_due(store, Millis::now(), sweep_batch_max).await {
+        Ok(0) => {}
+        Ok(caught_up) => tracing::info!(caught_up, "expired holds whose notifications were missed"),
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "catching up on missed expiries failed");
+        }
     }
     let mut messages = stream::select_all(streams);
     loop {

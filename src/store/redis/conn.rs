@@ -93,9 +93,27 @@ impl Topology {
                 continue;
             };
             if flags.contains("master") && !flags.contains("fail") {
-                // `ip:port@cport[,hostname]`
+                // `ip:port@cport[,hostname]`; the seed's credentials and settings carry over.
                 let host_port = address.split('@').next().unwrap_or_default();
-                primaries.push(redis::Client::open(format!("redis://{host_port}/"))?);
+                let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
+                let Ok(port) = port.parse::<u16>() else {
+                    continue;
+                };
+                let info = self.first_node().get_connection_info().clone();
+                let addr = match info.addr() {
+                    redis::ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => redis::ConnectionAddr::TcpTls {
+                        host: host.to_owned(),
+                        port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+                };
+                primaries.push(redis::Client::open(info.set_addr(addr))?);
             }
         }
         Ok(primaries)

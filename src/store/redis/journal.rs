@@ -92,10 +92,7 @@ async fn write_behind(
                 Ok(None) | Err(_) => break,
             }
         }
-        while let Err(error) = upsert(&db, &batch).await {
-            tracing::error!(error = %crate::error_chain(&error), held = batch.len(), "journal write failed; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        write_batch(&db, &batch).await;
         batch.clear();
         for done in waiting.drain(..) {
             done.send(()).ok();
@@ -103,8 +100,48 @@ async fn write_behind(
     }
 }
 
-/// Writes holds as they stand; a row already ended keeps its ending.
-pub async fn upsert<C: ConnectionTrait>(conn: &C, holds: &[Hold]) -> StoreResult<()> {
+/// Writes a batch, whatever it takes: while the database is unreachable it waits and tries
+/// again; an entry the database refuses for good (a broken invariant) is logged and dropped, so
+/// that it never blocks the entries after it.
+async fn write_batch(db: &DatabaseConnection, batch: &[Hold]) {
+    loop {
+        match upsert(db, batch).await {
+            Ok(_) => return,
+            Err(error) if unreachable(&error) => {
+                tracing::warn!(error = %crate::error_chain(&error), entries = batch.len(), "journal write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    for hold in batch {
+        loop {
+            match upsert(db, std::slice::from_ref(hold)).await {
+                Ok(_) => break,
+                Err(error) if unreachable(&error) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => {
+                    tracing::error!(error = %crate::error_chain(&error), hold_id = %hold.id, status = hold.status.as_str(), "the journal refused an entry; dropped");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn unreachable(error: &crate::store::StoreError) -> bool {
+    matches!(
+        error,
+        crate::store::StoreError::Db(
+            sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)
+        )
+    )
+}
+
+/// Writes holds as they stand; a row already ended keeps its ending. Returns how many rows were
+/// written (an ended row that an entry would change is not).
+pub async fn upsert<C: ConnectionTrait>(conn: &C, holds: &[Hold]) -> StoreResult<u64> {
     // One row per hold per statement (PostgreSQL refuses to update a row twice in one
     // upsert): keep the newest state, an ending over anything else.
     let mut latest: HashMap<_, &Hold> = HashMap::new();
@@ -118,19 +155,20 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, holds: &[Hold]) -> StoreResult
         }
     }
     if latest.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let latest: Vec<&Hold> = latest.into_values().collect();
     // Chunks keep each statement under the databases' bind-parameter limits.
+    let mut written = 0;
     for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-        upsert_chunk(conn, chunk).await?;
+        written += upsert_chunk(conn, chunk).await?;
     }
-    Ok(())
+    Ok(written)
 }
 
 const ROWS_PER_STATEMENT: usize = 200;
 
-async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreResult<()> {
+async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreResult<u64> {
     let rows = latest.iter().map(|hold| hold::ActiveModel {
         id: Set(hold.id.0),
         event_id: Set(hold.event_id.0),
@@ -151,7 +189,7 @@ async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreRe
             Expr::col((hold::Entity, hold::Column::Status)).eq(HoldStatus::Active.as_str()),
         )
         .to_owned();
-    hold::Entity::insert_many(rows)
+    let written = hold::Entity::insert_many(rows)
         .on_conflict(advance)
         .exec_without_returning(conn)
         .await?;
@@ -169,5 +207,5 @@ async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreRe
         .on_conflict(keep)
         .exec_without_returning(conn)
         .await?;
-    Ok(())
+    Ok(written)
 }

@@ -169,17 +169,41 @@ impl RedisStore {
     /// Loads an event's stock and active holds from the database into Redis, unless another
     /// instance did it first.
     pub async fn load_event(&self, event: EventId, now: Millis) -> StoreResult<()> {
+        // One snapshot for every read, so that a checkout committing meanwhile is counted in
+        // all of them or in none.
+        let snapshot = if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let level = Some(sea_orm::IsolationLevel::RepeatableRead);
+            self.db
+                .begin_with_config(level, Some(sea_orm::AccessMode::ReadOnly))
+                .await?
+        } else {
+            self.db.begin().await?
+        };
+        let args = self.load_args(&snapshot, event, now).await;
+        snapshot.rollback().await?;
+        let (args, live, lapsed) = args?;
+        self.run_load(event, now, args, live.len(), lapsed).await
+    }
+
+    /// The arguments of `load.lua` for an event, read from the database at `now`: the script's
+    /// arguments, the live holds and the lapsed ones.
+    async fn load_args(
+        &self,
+        snapshot: &sea_orm::DatabaseTransaction,
+        event: EventId,
+        now: Millis,
+    ) -> StoreResult<(Vec<String>, Vec<Hold>, Vec<Hold>)> {
         let types = ticket_type::Entity::find()
             .filter(ticket_type::Column::EventId.eq(event.0))
-            .all(&self.db)
+            .all(snapshot)
             .await?;
         let journaled = hold::Entity::find()
             .filter(hold::Column::EventId.eq(event.0))
             .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
-            .all(&self.db)
+            .all(snapshot)
             .await?;
         let ids: Vec<Uuid> = journaled.iter().map(|h| h.id).collect();
-        let mut items = queries::hold_items(&self.db, &ids).await?;
+        let mut items = queries::hold_items(snapshot, &ids).await?;
         let mut holds = Vec::with_capacity(journaled.len());
         for model in journaled {
             let hold_items = items.remove(&model.id).unwrap_or_default();
@@ -188,7 +212,7 @@ impl RedisStore {
         // Holds that lapsed while Redis was away are expired now (and announced), not loaded.
         let (live, lapsed): (Vec<Hold>, Vec<Hold>) =
             holds.into_iter().partition(|hold| hold.expires_at > now);
-        let bought = self.bought_per_customer(&types).await?;
+        let bought = bought_per_customer(snapshot, &types).await?;
         // Versions restart above any version written before (see `Availability::version`).
         let version = now.0.saturating_mul(1000);
         let mut args = vec!["event".to_owned(), types.len().to_string()];
@@ -218,6 +242,18 @@ impl RedisStore {
         for (customer, tt, quantity) in bought {
             args.extend([customer, tt.to_string(), quantity.to_string()]);
         }
+        Ok((args, live, lapsed))
+    }
+
+    /// Runs `load.lua` with `args`; announces and journals the lapsed holds if it loaded.
+    async fn run_load(
+        &self,
+        event: EventId,
+        now: Millis,
+        args: Vec<String>,
+        live: usize,
+        lapsed: Vec<Hold>,
+    ) -> StoreResult<()> {
         let mut invocation = self.scripts.load.key(self.keys.loaded(event));
         invocation.arg(self.keys.event(event)).arg(now.0);
         for arg in &args {
@@ -227,7 +263,7 @@ impl RedisStore {
         if loaded == 1 {
             tracing::warn!(
                 event_id = %event,
-                active = live.len(),
+                active = live,
                 lapsed = lapsed.len(),
                 "loaded the event into Redis from the database"
             );
@@ -236,37 +272,8 @@ impl RedisStore {
                 hold.ended_at = Some(now);
                 self.journal.record(hold).await;
             }
-            let _: () = redis::cmd("SET")
-                .arg(self.keys.epoch())
-                .arg(now.0)
-                .arg("NX")
-                .query_async(&mut self.conn())
-                .await?;
         }
         Ok(())
-    }
-
-    /// Tickets each customer bought of these ticket types: (customer, ticket type, quantity).
-    async fn bought_per_customer(
-        &self,
-        types: &[ticket_type::Model],
-    ) -> StoreResult<Vec<(String, Uuid, i64)>> {
-        let rows: Vec<(String, Uuid, Option<i64>)> = order_item::Entity::find()
-            .select_only()
-            .column(order::Column::CustomerId)
-            .column(order_item::Column::TicketTypeId)
-            .column_as(order_item::Column::Quantity.sum(), "total")
-            .inner_join(order::Entity)
-            .filter(order_item::Column::TicketTypeId.is_in(types.iter().map(|t| t.id)))
-            .group_by(order::Column::CustomerId)
-            .group_by(order_item::Column::TicketTypeId)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(c, t, q)| (c, t, q.unwrap_or(0)))
-            .collect())
     }
 
     /// Adds one ticket type to an event already in Redis (one created after the event loaded).
@@ -358,9 +365,10 @@ impl RedisStore {
                     }
                     return Ok(Ok(hold));
                 }
-                Changed::Refused { status, .. }
-                    if status == "PINNED" && Instant::now() < deadline =>
-                {
+                Changed::Refused { status, .. } if status == "PINNED" => {
+                    if Instant::now() >= deadline {
+                        return Err(busy());
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Changed::Refused { hold, .. } => return Ok(Err(refusal(&hold, now))),
@@ -480,6 +488,20 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The Redis half of a committed checkout. Its failure is logged, not answered: the order
+    /// exists, and the sweep finalizes a hold left pinned.
+    async fn finalize(&self, event: EventId, id: HoldId, now: Millis) {
+        match self.change(event, id, "finalize", now, None).await {
+            Ok(Changed::Done(hold)) => self.journal.record(hold).await,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                error = %crate::error_chain(&error),
+                hold_id = %id,
+                "finalizing a confirmed hold failed; the sweep will"
+            ),
+        }
+    }
+
     /// The database half of a checkout: one transaction that double-checks the stock, sells it
     /// and writes the order. `Ok(Err(SoldOut))` if the database disagrees with Redis.
     async fn sell(
@@ -597,7 +619,10 @@ async fn sell_in(
     let mut confirmed = hold.clone();
     confirmed.status = HoldStatus::Confirmed;
     confirmed.ended_at = Some(now);
-    journal::upsert(txn, std::slice::from_ref(&confirmed)).await?;
+    if journal::upsert(txn, std::slice::from_ref(&confirmed)).await? != 1 {
+        // The journal already ended this hold (a pin reconciled away, then an expiry): no sale.
+        return Ok(Err(Rejection::HoldExpired));
+    }
     let mut stock = Vec::with_capacity(hold.items.len());
     for item in &hold.items {
         match queries::sell_double_checked(txn, item.ticket_type_id, item.quantity as i32).await? {
@@ -731,8 +756,15 @@ impl HoldStore for RedisStore {
             Ok(claimed) => claimed,
             Err(rejection) => return Ok(Err(rejection)),
         };
+        if claimed {
+            // New to Redis, but perhaps not to the journal (a retry after Redis forgot the key:
+            // its retention ran out, or it lost its data).
+            if let Some(found) = self.journaled_by_key(&request).await? {
+                return Ok(request.retry_of(found));
+            }
+        }
         let held = self.run_hold(&request, now, &args).await;
-        if claimed && !matches!(held, Ok(Ok(_))) {
+        if claimed && matches!(held, Ok(Err(_))) {
             // No hold was made under the key: free it, as the database flow would.
             let key = request.idempotency_key.as_deref().unwrap_or_default();
             let _: Result<(), _> = redis::cmd("DEL")
@@ -780,6 +812,7 @@ impl HoldStore for RedisStore {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
+                    "PINNED" => return Err(busy()),
                     _ => return Ok(Err(refusal(&hold, now))),
                 },
                 Changed::NotFound => {
@@ -789,24 +822,33 @@ impl HoldStore for RedisStore {
                     return Ok(Err(self.journaled_refusal(id, now).await?));
                 }
             };
-            let sold = match self.sell(&pinned, &request, now).await {
+            // Bounded well below the pin timeout, so that the sweep never reconciles a pin whose
+            // transaction may still commit.
+            let bound = self.settings.pin_timeout / 3;
+            let sold = match tokio::time::timeout(bound, self.sell(&pinned, &request, now)).await {
                 Ok(sold) => sold,
+                Err(_) => Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                )),
+            };
+            let order = match sold {
+                Ok(Ok(order)) => order,
+                Ok(Err(rejection)) => {
+                    self.change(event, id, "unpin", now, None).await?;
+                    return Ok(Err(rejection));
+                }
                 Err(error) => {
-                    // The database failed: give the hold back rather than leave it pinned.
+                    // The commit may have happened (a connection lost during COMMIT): finish the
+                    // checkout if the order exists, give the hold back otherwise.
+                    if let Ok(Some(order)) = queries::order_of_hold(&self.db, id).await {
+                        self.finalize(event, id, now).await;
+                        return Ok(Ok(order));
+                    }
                     self.change(event, id, "unpin", now, None).await.ok();
                     return Err(error);
                 }
             };
-            let order = match sold {
-                Ok(order) => order,
-                Err(rejection) => {
-                    self.change(event, id, "unpin", now, None).await?;
-                    return Ok(Err(rejection));
-                }
-            };
-            if let Changed::Done(hold) = self.change(event, id, "finalize", now, None).await? {
-                self.journal.record(hold).await;
-            }
+            self.finalize(event, id, now).await;
             tracing::info!(hold_id = %id, order_id = %order.id, "hold confirmed");
             return Ok(Ok(order));
         }
@@ -837,7 +879,14 @@ impl HoldStore for RedisStore {
     async fn expire_due(&self, now: Millis, batch_max: u32) -> StoreResult<Vec<Hold>> {
         let mut expired = Vec::new();
         for event in self.known_events().await? {
-            let (holds, _) = self.sweep(event, now, batch_max).await?;
+            // One event failing does not keep the others from expiring.
+            let holds = match self.sweep(event, now, batch_max).await {
+                Ok((holds, _)) => holds,
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), event_id = %event, "sweeping an event failed");
+                    continue;
+                }
+            };
             expired.extend(holds);
             if expired.len() >= batch_max as usize {
                 break;
@@ -851,15 +900,31 @@ impl HoldStore for RedisStore {
         if events.is_empty() {
             return Ok(None);
         }
-        let mut pipe = redis::pipe();
-        for event in &events {
-            pipe.cmd("ZRANGE")
-                .arg(format!("{}expiry", self.keys.event(*event)))
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES");
-        }
-        let firsts: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
+        let key = |event: &EventId| format!("{}expiry", self.keys.event(*event));
+        let firsts: Vec<Vec<(String, f64)>> = if self.topology.is_cluster() {
+            // A cluster pipeline cannot span slots: one read per event.
+            let reads = events.iter().map(|event| async move {
+                let mut conn = self.conn();
+                redis::cmd("ZRANGE")
+                    .arg(key(event))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+            });
+            futures::future::try_join_all(reads).await?
+        } else {
+            let mut pipe = redis::pipe();
+            for event in &events {
+                pipe.cmd("ZRANGE")
+                    .arg(key(event))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+            }
+            pipe.query_async(&mut self.conn()).await?
+        };
         Ok(firsts
             .into_iter()
             .flatten()
@@ -933,6 +998,22 @@ impl RedisStore {
                 }
                 _ => Err(bad_reply(&values)),
             };
+        }
+    }
+
+    /// The journaled hold of this request's customer and idempotency key, if any.
+    async fn journaled_by_key(&self, request: &HoldRequest) -> StoreResult<Option<Hold>> {
+        let Some(key) = &request.idempotency_key else {
+            return Ok(None);
+        };
+        let found = hold::Entity::find()
+            .filter(hold::Column::CustomerId.eq(request.customer_id.as_str()))
+            .filter(hold::Column::IdempotencyKey.eq(key.as_str()))
+            .one(&self.db)
+            .await?;
+        match found {
+            Some(model) => self.journaled_hold(HoldId(model.id)).await,
+            None => Ok(None),
         }
     }
 
@@ -1011,6 +1092,34 @@ impl RedisStore {
         }
         Ok(stock)
     }
+}
+
+/// Tickets each customer bought of these ticket types: (customer, ticket type, quantity).
+async fn bought_per_customer<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    types: &[ticket_type::Model],
+) -> StoreResult<Vec<(String, Uuid, i64)>> {
+    let rows: Vec<(String, Uuid, Option<i64>)> = order_item::Entity::find()
+        .select_only()
+        .column(order::Column::CustomerId)
+        .column(order_item::Column::TicketTypeId)
+        .column_as(order_item::Column::Quantity.sum(), "total")
+        .inner_join(order::Entity)
+        .filter(order_item::Column::TicketTypeId.is_in(types.iter().map(|t| t.id)))
+        .group_by(order::Column::CustomerId)
+        .group_by(order_item::Column::TicketTypeId)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, t, q)| (c, t, q.unwrap_or(0)))
+        .collect())
+}
+
+/// A checkout of the hold is still in flight: the client should try again shortly.
+fn busy() -> StoreError {
+    StoreError::Unavailable("a checkout of this hold is still in progress".into())
 }
 
 fn bad_reply(values: &[String]) -> StoreError {

@@ -77,12 +77,6 @@ impl Keys {
         )
     }
 
-    /// Set while Redis has the state loaded from the database; its absence after a restart or
-    /// a flush is how a loss of data is noticed.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.namespace)
-    }
-
     /// The event and hold of a shadow key (`<ns>:{<event>}:ttl:<hold>`), if it is one of ours.
     pub fn parse_shadow(&self, key: &str) -> Option<(EventId, HoldId)> {
         let rest = key.strip_prefix(&self.namespace)?.strip_prefix(":{")?;
