@@ -15,6 +15,8 @@ pub struct Model {
     pub expires_at: i64,
     pub ended_at: Option<i64>,
     pub idempotency_key: Option<String>,
+    /// Raised by the Redis flow at every change; a journal entry never lowers it.
+    pub revision: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

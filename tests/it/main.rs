@@ -5,6 +5,7 @@ mod bad_input;
 mod conformance;
 mod contention;
 mod crash;
+mod journal;
 mod lifecycle;
 mod model;
 mod redis_flow;

@@ -277,6 +277,7 @@ pub async fn insert_hold(txn: &DatabaseTransaction, hold: &Hold) -> StoreResult<
         expires_at: Set(hold.expires_at.0),
         ended_at: Set(None),
         idempotency_key: Set(hold.idempotency_key.clone()),
+        revision: Set(0),
     })
     .exec_without_returning(txn)
     .await?;

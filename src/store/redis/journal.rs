@@ -4,8 +4,9 @@
 //! be loaded back into Redis if Redis loses its data.
 //!
 //! An entry waits at most the journal interval. A row only moves forward: an upsert changes a row
-//! only while it is `ACTIVE`, so a late entry never undoes a later status (the checkout writes
-//! its `CONFIRMED` row itself, in its own transaction).
+//! only while it is `ACTIVE`, to an ending or to a newer revision of the hold (scripts raise it at
+//! every change), so entries written late or by other instances never undo a later state (the
+//! checkout writes its `CONFIRMED` row itself, in its own transaction).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,8 +24,12 @@ const QUEUE_MAX: usize = 100_000;
 /// Holds written in one statement.
 const BATCH_MAX: usize = 1_000;
 
+/// A hold as it stands and its revision (0 where it does not matter: an ending always wins
+/// over an active state).
+pub type Entry = (Hold, i64);
+
 enum Command {
-    Record(Hold),
+    Record(Entry),
     Flush(oneshot::Sender<()>),
 }
 
@@ -41,9 +46,14 @@ impl Journal {
         Journal { sender }
     }
 
-    /// Queues a hold as it now stands.
-    pub async fn record(&self, hold: Hold) {
-        if self.sender.send(Command::Record(hold)).await.is_err() {
+    /// Queues a hold as it now stands, at `revision`.
+    pub async fn record(&self, hold: Hold, revision: i64) {
+        if self
+            .sender
+            .send(Command::Record((hold, revision)))
+            .await
+            .is_err()
+        {
             tracing::error!("the hold journal is stopped; an entry is lost");
         }
     }
@@ -62,7 +72,7 @@ async fn write_behind(
     mut receiver: mpsc::Receiver<Command>,
     interval: Duration,
 ) {
-    let mut batch: Vec<Hold> = Vec::new();
+    let mut batch: Vec<Entry> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let first = if batch.is_empty() && waiting.is_empty() {
@@ -103,7 +113,7 @@ async fn write_behind(
 /// Writes a batch, whatever it takes: while the database is unreachable it waits and tries
 /// again; an entry the database refuses for good (a broken invariant) is logged and dropped, so
 /// that it never blocks the entries after it.
-async fn write_batch(db: &DatabaseConnection, batch: &[Hold]) {
+async fn write_batch(db: &DatabaseConnection, batch: &[Entry]) {
     loop {
         match upsert(db, batch).await {
             Ok(_) => return,
@@ -114,9 +124,10 @@ async fn write_batch(db: &DatabaseConnection, batch: &[Hold]) {
             Err(_) => break,
         }
     }
-    for hold in batch {
+    for entry in batch {
+        let hold = &entry.0;
         loop {
-            match upsert(db, std::slice::from_ref(hold)).await {
+            match upsert(db, std::slice::from_ref(entry)).await {
                 Ok(_) => break,
                 Err(error) if unreachable(&error) => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -141,23 +152,23 @@ fn unreachable(error: &crate::store::StoreError) -> bool {
 
 /// Writes holds as they stand; a row already ended keeps its ending. Returns how many rows were
 /// written (an ended row that an entry would change is not).
-pub async fn upsert<C: ConnectionTrait>(conn: &C, holds: &[Hold]) -> StoreResult<u64> {
+pub async fn upsert<C: ConnectionTrait>(conn: &C, entries: &[Entry]) -> StoreResult<u64> {
     // One row per hold per statement (PostgreSQL refuses to update a row twice in one
     // upsert): keep the newest state, an ending over anything else.
-    let mut latest: HashMap<_, &Hold> = HashMap::new();
-    for hold in holds {
-        let keep = latest.get(&hold.id).is_none_or(|known| {
-            !known.status.is_terminal()
-                && (hold.status.is_terminal() || hold.expires_at >= known.expires_at)
+    let mut latest: HashMap<_, &Entry> = HashMap::new();
+    for entry in entries {
+        let (hold, revision) = entry;
+        let keep = latest.get(&hold.id).is_none_or(|(known, known_revision)| {
+            !known.status.is_terminal() && (hold.status.is_terminal() || revision > known_revision)
         });
         if keep {
-            latest.insert(hold.id, hold);
+            latest.insert(hold.id, entry);
         }
     }
     if latest.is_empty() {
         return Ok(0);
     }
-    let latest: Vec<&Hold> = latest.into_values().collect();
+    let latest: Vec<&Entry> = latest.into_values().collect();
     // Chunks keep each statement under the databases' bind-parameter limits.
     let mut written = 0;
     for chunk in latest.chunks(ROWS_PER_STATEMENT) {
@@ -168,8 +179,8 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, holds: &[Hold]) -> StoreResult
 
 const ROWS_PER_STATEMENT: usize = 200;
 
-async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreResult<u64> {
-    let rows = latest.iter().map(|hold| hold::ActiveModel {
+async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Entry]) -> StoreResult<u64> {
+    let rows = latest.iter().map(|(hold, revision)| hold::ActiveModel {
         id: Set(hold.id.0),
         event_id: Set(hold.event_id.0),
         customer_id: Set(hold.customer_id.to_string()),
@@ -178,22 +189,29 @@ async fn upsert_chunk<C: ConnectionTrait>(conn: &C, latest: &[&Hold]) -> StoreRe
         expires_at: Set(hold.expires_at.0),
         ended_at: Set(hold.ended_at.map(|t| t.0)),
         idempotency_key: Set(hold.idempotency_key.clone()),
+        revision: Set(*revision),
     });
     let advance = OnConflict::column(hold::Column::Id)
         .update_columns([
             hold::Column::Status,
             hold::Column::ExpiresAt,
             hold::Column::EndedAt,
+            hold::Column::Revision,
         ])
+        // Only an active row moves, and only forward: to an ending, or to a newer revision.
         .action_and_where(
-            Expr::col((hold::Entity, hold::Column::Status)).eq(HoldStatus::Active.as_str()),
+            Expr::col((hold::Entity, hold::Column::Status))
+                .eq(HoldStatus::Active.as_str())
+                .and(Expr::cust(
+                    "(excluded.status <> 'ACTIVE' OR excluded.revision > holds.revision)",
+                )),
         )
         .to_owned();
     let written = hold::Entity::insert_many(rows)
         .on_conflict(advance)
         .exec_without_returning(conn)
         .await?;
-    let items = latest.iter().flat_map(|hold| {
+    let items = latest.iter().flat_map(|(hold, _)| {
         hold.items.iter().map(|item| hold_item::ActiveModel {
             hold_id: Set(hold.id.0),
             ticket_type_id: Set(item.ticket_type_id.0),

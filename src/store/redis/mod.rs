@@ -21,7 +21,7 @@
 //!   `log` reads the streams on every instance and feeds its bus.
 
 mod conn;
-mod journal;
+pub mod journal;
 pub mod log;
 mod scripts;
 
@@ -40,7 +40,7 @@ use uuid::Uuid;
 pub use self::conn::{Conn, Topology};
 pub use self::journal::Journal;
 pub use self::scripts::Keys;
-use self::scripts::{Scripts, array, hold_of, items_text, string, strings};
+use self::scripts::{Scripts, array, hold_of, items_text, revision_of, string, strings};
 use super::db::{convert, queries};
 use super::{Drift, HoldStore, Outcome, StoreError, StoreResult};
 use crate::domain::{
@@ -89,8 +89,8 @@ pub struct RedisStore {
 
 /// What a change script answered.
 enum Changed {
-    /// The action applied: the hold after it.
-    Done(Hold),
+    /// The action applied: the hold after it, and its revision.
+    Done(Hold, i64),
     /// The action does not apply to the hold as it stands (`status` as stored, PINNED included).
     Refused {
         status: String,
@@ -182,7 +182,7 @@ impl RedisStore {
         let args = self.load_args(&snapshot, event, now).await;
         snapshot.rollback().await?;
         let (args, live, lapsed) = args?;
-        self.run_load(event, now, args, live.len(), lapsed).await
+        self.run_load(event, now, args, live, lapsed).await
     }
 
     /// The arguments of `load.lua` for an event, read from the database at `now`: the script's
@@ -192,7 +192,7 @@ impl RedisStore {
         snapshot: &sea_orm::DatabaseTransaction,
         event: EventId,
         now: Millis,
-    ) -> StoreResult<(Vec<String>, Vec<Hold>, Vec<Hold>)> {
+    ) -> StoreResult<(Vec<String>, usize, Vec<Hold>)> {
         let types = ticket_type::Entity::find()
             .filter(ticket_type::Column::EventId.eq(event.0))
             .all(snapshot)
@@ -207,11 +207,13 @@ impl RedisStore {
         let mut holds = Vec::with_capacity(journaled.len());
         for model in journaled {
             let hold_items = items.remove(&model.id).unwrap_or_default();
-            holds.push(convert::hold_of(model, hold_items)?);
+            let revision = model.revision;
+            holds.push((convert::hold_of(model, hold_items)?, revision));
         }
         // Holds that lapsed while Redis was away are expired now (and announced), not loaded.
-        let (live, lapsed): (Vec<Hold>, Vec<Hold>) =
-            holds.into_iter().partition(|hold| hold.expires_at > now);
+        let (live, lapsed): (Vec<(Hold, i64)>, Vec<(Hold, i64)>) = holds
+            .into_iter()
+            .partition(|(hold, _)| hold.expires_at > now);
         let bought = bought_per_customer(snapshot, &types).await?;
         // Versions restart above any version written before (see `Availability::version`).
         let version = now.0.saturating_mul(1000);
@@ -227,7 +229,7 @@ impl RedisStore {
         }
         for group in [&live, &lapsed] {
             args.push(group.len().to_string());
-            for hold in group {
+            for (hold, revision) in group {
                 args.extend([
                     hold.id.to_string(),
                     hold.customer_id.to_string(),
@@ -235,6 +237,7 @@ impl RedisStore {
                     hold.expires_at.0.to_string(),
                     items_text(&hold.items),
                     hold.idempotency_key.clone().unwrap_or_default(),
+                    revision.to_string(),
                 ]);
             }
         }
@@ -242,7 +245,8 @@ impl RedisStore {
         for (customer, tt, quantity) in bought {
             args.extend([customer, tt.to_string(), quantity.to_string()]);
         }
-        Ok((args, live, lapsed))
+        let lapsed = lapsed.into_iter().map(|(hold, _)| hold).collect();
+        Ok((args, live.len(), lapsed))
     }
 
     /// Runs `load.lua` with `args`; announces and journals the lapsed holds if it loaded.
@@ -270,7 +274,8 @@ impl RedisStore {
             for mut hold in lapsed {
                 hold.status = HoldStatus::Expired;
                 hold.ended_at = Some(now);
-                self.journal.record(hold).await;
+                // Terminal entries win over any active one whatever their revision.
+                self.journal.record(hold, 0).await;
             }
         }
         Ok(())
@@ -326,7 +331,7 @@ impl RedisStore {
         match values.first().map(String::as_str) {
             Some("OK") => {
                 let (hold, _) = hold_of(&values[1..])?;
-                Ok(Changed::Done(hold))
+                Ok(Changed::Done(hold, revision_of(&values[1..])))
             }
             Some("STATUS") => {
                 let status = values.get(1).cloned().unwrap_or_default();
@@ -358,8 +363,8 @@ impl RedisStore {
                 .change(event, id, action, now, extra(&current.0))
                 .await?
             {
-                Changed::Done(hold) => {
-                    self.journal.record(hold.clone()).await;
+                Changed::Done(hold, revision) => {
+                    self.journal.record(hold.clone(), revision).await;
                     if action == "extend" {
                         self.wakeup.schedule(hold.expires_at);
                     }
@@ -436,9 +441,9 @@ impl RedisStore {
     /// Expires one hold if it is due (a keyspace notification or this instance's timer).
     pub async fn expire_one(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<bool> {
         match self.change(event, id, "expire", now, None).await? {
-            Changed::Done(hold) => {
+            Changed::Done(hold, revision) => {
                 tracing::info!(hold_id = %id, lag_ms = (now - hold.expires_at).0, "hold expired");
-                self.journal.record(hold).await;
+                self.journal.record(hold, revision).await;
                 Ok(true)
             }
             Changed::Refused { .. } | Changed::NotFound => Ok(false),
@@ -463,9 +468,12 @@ impl RedisStore {
             .and_then(|n| n.parse::<f64>().ok());
         let mut expired = Vec::new();
         for fields in parts.iter().skip(3) {
-            let (hold, _) = hold_of(&strings(fields))?;
+            let fields = strings(fields);
+            let (hold, _) = hold_of(&fields)?;
             tracing::info!(hold_id = %hold.id, lag_ms = (now - hold.expires_at).0, "hold expired");
-            self.journal.record(hold.clone()).await;
+            self.journal
+                .record(hold.clone(), revision_of(&fields))
+                .await;
             expired.push(hold);
         }
         for stale in parts.get(2).map(strings).unwrap_or_default() {
@@ -482,8 +490,8 @@ impl RedisStore {
         let ordered = queries::order_of_hold(&self.db, id).await?.is_some();
         let action = if ordered { "finalize" } else { "unpin" };
         tracing::warn!(hold_id = %id, action, "reconciling a checkout that did not finish");
-        if let Changed::Done(hold) = self.change(event, id, action, now, None).await? {
-            self.journal.record(hold).await;
+        if let Changed::Done(hold, revision) = self.change(event, id, action, now, None).await? {
+            self.journal.record(hold, revision).await;
         }
         Ok(())
     }
@@ -492,7 +500,7 @@ impl RedisStore {
     /// exists, and the sweep finalizes a hold left pinned.
     async fn finalize(&self, event: EventId, id: HoldId, now: Millis) {
         match self.change(event, id, "finalize", now, None).await {
-            Ok(Changed::Done(hold)) => self.journal.record(hold).await,
+            Ok(Changed::Done(hold, revision)) => self.journal.record(hold, revision).await,
             Ok(_) => {}
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),
@@ -619,7 +627,7 @@ async fn sell_in(
     let mut confirmed = hold.clone();
     confirmed.status = HoldStatus::Confirmed;
     confirmed.ended_at = Some(now);
-    if journal::upsert(txn, std::slice::from_ref(&confirmed)).await? != 1 {
+    if journal::upsert(txn, &[(confirmed, 0)]).await? != 1 {
         // The journal already ended this hold (a pin reconciled away, then an expiry): no sale.
         return Ok(Err(Rejection::HoldExpired));
     }
@@ -799,7 +807,7 @@ impl HoldStore for RedisStore {
         let deadline = Instant::now() + PINNED_WAIT;
         loop {
             let pinned = match self.change(event, id, "pin", now, None).await? {
-                Changed::Done(hold) => hold,
+                Changed::Done(hold, _) => hold,
                 Changed::Refused { status, hold } => match status.as_str() {
                     "CONFIRMED" => {
                         let order = queries::order_of_hold(&self.db, id).await?;
@@ -962,7 +970,9 @@ impl RedisStore {
             return match values.first().map(String::as_str) {
                 Some("OK") => {
                     let (hold, _) = hold_of(&values[1..])?;
-                    self.journal.record(hold.clone()).await;
+                    self.journal
+                        .record(hold.clone(), revision_of(&values[1..]))
+                        .await;
                     self.wakeup.schedule(hold.expires_at);
                     tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
                     Ok(Ok(hold))

@@ -149,6 +149,16 @@ pub fn hold_of(fields: &[String]) -> StoreResult<(Hold, bool)> {
     ))
 }
 
+/// The revision of a hold from the fields of its hash (0 if it has none).
+pub fn revision_of(fields: &[String]) -> i64 {
+    fields
+        .chunks(2)
+        .find(|pair| pair[0] == "rev")
+        .and_then(|pair| pair.get(1))
+        .and_then(|rev| rev.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `"type:quantity,type:quantity"`, the items as scripts store them.
 pub fn items_text(items: &[HoldItem]) -> String {
     items

@@ -30,6 +30,7 @@ elseif action == 'extend' then
   if status ~= 'ACTIVE' then return answer('STATUS') end
   local until_ms = tonumber(ARGV[5])
   redis.call('HSET', key, 'expires', ARGV[5])
+  redis.call('HINCRBY', key, 'rev', 1)
   redis.call('SET', P .. 'ttl:' .. id, '1', 'PX', until_ms - NOW)
   redis.call('ZADD', P .. 'expiry', until_ms, id)
   emit(id, {})

@@ -36,7 +36,7 @@ for i, item in ipairs(items) do
 end
 redis.call('HSET', P .. 'hold:' .. id, 'id', id, 'event', event, 'customer', customer,
   'status', 'ACTIVE', 'created', ARGV[2], 'expires', expires, 'ended', '',
-  'items', table.concat(parts, ','), 'idem', idem)
+  'items', table.concat(parts, ','), 'idem', idem, 'rev', 1)
 redis.call('SET', P .. 'ttl:' .. id, '1', 'PX', tonumber(expires) - NOW)
 redis.call('ZADD', P .. 'expiry', expires, id)
 if idem ~= '' then redis.call('SET', idem_key, id, 'PX', RETENTION_MS) end

@@ -6,7 +6,8 @@
 -- Keys of an event, after the prefix:
 --   loaded          marker: the event's state was loaded from the database
 --   tt:<T>          hash: capacity, sold, held, max (0: no limit), version
---   hold:<H>        hash: id, event, customer, status, created, expires, ended, items, idem
+--   hold:<H>        hash: id, event, customer, status, created, expires, ended, items, idem,
+--                   rev (raised at every change, so journal entries can be ordered)
 --   ttl:<H>         shadow key with the hold's TTL: its expiry fires the keyspace notification
 --   expiry          zset: active holds by expires_at (the expiry index)
 --   pinned          zset: holds being checked out, by the time they were pinned
@@ -68,6 +69,7 @@ local function end_hold(id, status)
     types[i] = t
   end
   redis.call('HSET', key, 'status', status, 'ended', ARGV[2])
+  redis.call('HINCRBY', key, 'rev', 1)
   redis.call('PEXPIRE', key, RETENTION_MS)
   redis.call('ZREM', P .. 'expiry', id)
   redis.call('ZREM', P .. 'pinned', id)
