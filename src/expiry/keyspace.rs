@@ -61,7 +61,7 @@ async fn listen(
     let primaries = store.topology().primaries(&mut store.conn()).await?;
     let mut streams = Vec::with_capacity(primaries.len());
     for primary in &primaries {
-        check_notifications(primary, configure).await;
+        check_settings(primary, configure).await;
         let mut pubsub = primary.get_async_pubsub().await?;
         pubsub.psubscribe("__keyevent@*__:expired").await?;
         // A `None` after the last message says that this node's connection ended.
@@ -97,11 +97,20 @@ async fn listen(
     }
 }
 
-/// Reads `notify-keyspace-events` and says clearly when expiry notifications are off.
-async fn check_notifications(node: &redis::Client, configure: bool) {
+/// Reads `notify-keyspace-events` and says clearly when expiry notifications are off, and warns
+/// when Redis may evict keys (an evicted key would corrupt the counters silently).
+async fn check_settings(node: &redis::Client, configure: bool) {
     let Ok(mut conn) = node.get_multiplexed_async_connection().await else {
         return;
     };
+    let policy: Result<Vec<String>, _> =
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
+    if let Some(policy) = policy.ok().and_then(|reply| reply.get(1).cloned()) {
+        if policy != "noeviction" {
+            tracing::warn!(policy = %policy, "Redis may evict keys (maxmemory-policy is not \
+                noeviction): an evicted hold or counter corrupts the stock; set noeviction");
+        }
+    }
     let current: Result<Vec<String>, _> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("notify-keyspace-events")
