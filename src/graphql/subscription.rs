@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_graphql::{Context, ID, Subscription};
 use futures::Stream;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ApiError;
@@ -99,16 +100,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = HoldExpired> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: EventId = parse_id(&event_id)?;
-        let mut changes = services.bus.subscribe(Topic::Expired(id));
-        if services
-            .store
-            .event(id)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
-            return Err(ApiError::from(Rejection::NotFound { what: "event" }).into());
-        }
+        let mut changes = subscribe_event(&services, id, Topic::Expired(id)).await?;
         Ok(async_stream::stream! {
             loop {
                 tokio::select! {
@@ -137,16 +129,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = Availability> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: EventId = parse_id(&event_id)?;
-        let mut changes = services.bus.subscribe(Topic::Stock(id));
-        if services
-            .store
-            .event(id)
-            .await
-            .map_err(ApiError::from)?
-            .is_none()
-        {
-            return Err(ApiError::from(Rejection::NotFound { what: "event" }).into());
-        }
+        let mut changes = subscribe_event(&services, id, Topic::Stock(id)).await?;
         let current = services.store.event_availability(id, Millis::now()).await;
         let current = current.map_err(ApiError::from)?;
         Ok(async_stream::stream! {
@@ -186,5 +169,18 @@ impl SubscriptionRoot {
                 }
             }
         })
+    }
+}
+
+/// Subscribes to a topic of an event, first, then checks that the event exists (`NOT_FOUND`).
+async fn subscribe_event(
+    services: &Services,
+    id: EventId,
+    topic: Topic,
+) -> Result<broadcast::Receiver<Change>, ApiError> {
+    let changes = services.bus.subscribe(topic);
+    match services.store.event(id).await? {
+        Some(_) => Ok(changes),
+        None => Err(Rejection::NotFound { what: "event" }.into()),
     }
 }

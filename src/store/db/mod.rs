@@ -406,14 +406,18 @@ impl HoldStore for DbStore {
     }
 
     async fn get_hold(&self, id: HoldId, now: Millis) -> StoreResult<Option<Hold>> {
-        let Some(model) = hold::Entity::find_by_id(id.0).one(&self.db).await? else {
+        let Some(mut model) = hold::Entity::find_by_id(id.0).one(&self.db).await? else {
             return Ok(None);
         };
         if model.status == HoldStatus::Active.as_str() && now.0 >= model.expires_at {
             // Its expiry is due and not yet written: write it now rather than show a hold whose
-            // end time is unknown.
+            // end time is unknown, and read it again (once: a transaction holding its row, a
+            // checkout about to fail, may keep it active a moment longer).
             expire_all_due(self, now, RECLAIM_BATCH_MAX).await?;
-            return Box::pin(self.get_hold(id, now)).await;
+            match hold::Entity::find_by_id(id.0).one(&self.db).await? {
+                Some(fresh) => model = fresh,
+                None => return Ok(None),
+            }
         }
         let mut items = queries::hold_items(&self.db, &[model.id]).await?;
         let items = items.remove(&model.id).unwrap_or_default();
