@@ -31,8 +31,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let retry_after_error = Duration::from_millis(500);
-    loop {
-        let expired = expire_all_due(store.as_ref(), Millis::now(), config.sweep_batch_max).await;
+    // A hold can stay due a moment after a pass (its row locked by a checkout about to end): look
+    // again after this pause rather than spin.
+    let pause_when_stuck = Duration::from_millis(20);
+    while !shutdown.is_cancelled() {
+        let pass = Millis::now();
+        let expired = expire_all_due(store.as_ref(), pass, config.sweep_batch_max).await;
         if let Err(error) = expired {
             tracing::error!(error = %error_chain(&error), "expiring due holds failed");
             tokio::select! {
@@ -49,13 +53,11 @@ pub async fn run(
             }
         };
         let interval_ms = i64::try_from(config.sweep_interval.as_millis()).unwrap_or(i64::MAX);
-        wakeup.lower_to(next.min(Millis::now() + Millis(interval_ms)));
+        let floor = pass + Millis(pause_when_stuck.as_millis() as i64);
+        wakeup.lower_to(next.max(floor).min(Millis::now() + Millis(interval_ms)));
         // Sleep until the deadline; a store lowering it wakes us to sleep less.
         loop {
             let wait = (wakeup.deadline() - Millis::now()).0.max(0) as u64;
-            if wait == 0 {
-                break;
-            }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(wait)) => break,
                 () = wakeup.notify.notified() => {}

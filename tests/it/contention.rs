@@ -83,3 +83,56 @@ async fn five_hundred_buyers_for_one_hundred_tickets_on_a_redis_cluster() {
         .await;
     assert_eq!(store.verify().await.unwrap(), vec![]);
 }
+
+/// Checkout racing expiry: fifty holds run out at the same instant while their checkouts arrive
+/// around it. Each hold ends exactly once: CONFIRMED with its order (the checkout won) or
+/// EXPIRED with `HOLD_EXPIRED` answered (the expiry won), never both; the counters add up.
+async fn checkout_racing_expiry(server: TestServer) -> TestServer {
+    let event = server.create_event("Race").await;
+    let ticket_type = server.create_ticket_type(&event, 100, None).await;
+    let mut holds = Vec::new();
+    for i in 0..50 {
+        let held = server
+            .hold(&event, &format!("racer-{i}"), &ticket_type, 1, Some(1))
+            .await;
+        let hold = crate::support::data(&held)["holdTickets"].clone();
+        holds.push((
+            hold["id"].as_str().unwrap().to_owned(),
+            hold["expiresAt"].clone(),
+        ));
+    }
+    let last = chrono::DateTime::parse_from_rfc3339(holds[49].1.as_str().unwrap()).unwrap();
+    // Arrive from a few milliseconds before the last expiry to a few after.
+    if let Ok(wait) = (last.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(wait.saturating_sub(std::time::Duration::from_millis(15))).await;
+    }
+    let checkout = "mutation($h:ID!){checkout(input:{holdId:$h,paymentReference:\"p\"}){id}}";
+    let answers = join_all(
+        holds
+            .iter()
+            .map(|(id, _)| server.gql(checkout, serde_json::json!({"h": id}))),
+    )
+    .await;
+    let mut confirmed = 0;
+    for ((id, _), answer) in holds.iter().zip(&answers) {
+        let hold = server.hold_by_id(id).await;
+        match error_code(answer).as_deref() {
+            None => {
+                assert_eq!(hold["status"], "CONFIRMED", "{id}: {answer} {hold}");
+                confirmed += 1;
+            }
+            Some("HOLD_EXPIRED") => assert_eq!(hold["status"], "EXPIRED", "{id}: {hold}"),
+            other => panic!("{id}: unexpected {other:?}: {answer}"),
+        }
+    }
+    let availability = server.availability(&ticket_type).await;
+    assert_eq!(availability["sold"], confirmed);
+    assert_eq!(availability["held"], 0);
+    server
+}
+
+crate::on_both_flows!(checkout_racing_expiry_story);
+
+async fn checkout_racing_expiry_story(server: TestServer) {
+    checkout_racing_expiry(server).await;
+}
