@@ -250,7 +250,10 @@ pub async fn serve(
     if let Some(journal) = journal {
         // Bounded: with the database gone, the last entries are lost rather than the exit.
         let flush_max = Duration::from_secs(5);
-        if tokio::time::timeout(flush_max, journal.flush()).await.is_err() {
+        if tokio::time::timeout(flush_max, journal.flush())
+            .await
+            .is_err()
+        {
             tracing::warn!("the hold journal could not be written before stopping");
         }
     }

@@ -1,5 +1,6 @@
 //! The `tickethold` command: `serve` runs the service, `verify` checks the stock counters
-//! against the holds and orders, `schema` prints the GraphQL SDL.
+//! against the holds and orders, `schema` prints the GraphQL SDL, `bench` runs a flash sale
+//! and reports throughput, latency and the stock checks.
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     Schema,
+    /// Run a flash sale against a server (or servers it starts) and report throughput,
+    /// latency, stock and expiry checks; exits with 1 when an invariant broke.
+    Bench(Box<tickethold::bench::Args>),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +92,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::FAILURE)
         }
+        Command::Bench(args) => tickethold::bench::run(*args).await,
         Command::Schema => {
             print!("{}", tickethold::graphql::sdl());
             Ok(ExitCode::SUCCESS)

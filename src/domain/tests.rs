@@ -37,7 +37,8 @@ fn hold_request_merges_duplicates_in_ticket_type_order() {
 fn hold_request_rejects_bad_quantities_ttls_and_empty_items() {
     let limits = Limits::default();
     let (event, customer, a, _) = ids();
-    let bad: Vec<(Vec<(TicketTypeId, i64)>, Option<i64>)> = vec![
+    type Items = Vec<(TicketTypeId, i64)>;
+    let bad: Vec<(Items, Option<i64>)> = vec![
         (vec![], None),
         (vec![(a, 0)], None),
         (vec![(a, -1)], None),

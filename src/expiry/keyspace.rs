@@ -103,13 +103,16 @@ async fn check_settings(node: &redis::Client, configure: bool) {
     let Ok(mut conn) = node.get_multiplexed_async_connection().await else {
         return;
     };
-    let policy: Result<Vec<String>, _> =
-        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
-    if let Some(policy) = policy.ok().and_then(|reply| reply.get(1).cloned()) {
-        if policy != "noeviction" {
-            tracing::warn!(policy = %policy, "Redis may evict keys (maxmemory-policy is not \
+    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await;
+    if let Some(policy) = policy.ok().and_then(|reply| reply.get(1).cloned())
+        && policy != "noeviction"
+    {
+        tracing::warn!(policy = %policy, "Redis may evict keys (maxmemory-policy is not \
                 noeviction): an evicted hold or counter corrupts the stock; set noeviction");
-        }
     }
     let current: Result<Vec<String>, _> = redis::cmd("CONFIG")
         .arg("GET")

@@ -219,7 +219,9 @@ async fn check(name: &str, script: &str) {
         hold_lifetime_secs_max: 900,
         ..Limits::default()
     };
-    let mut stores: Vec<(String, Arc<dyn HoldStore>, Box<dyn std::any::Any>)> = Vec::new();
+    // Each store with its name and what must live as long as it (databases, namespaces).
+    type Guard = Box<dyn std::any::Any>;
+    let mut stores: Vec<(String, Arc<dyn HoldStore>, Guard)> = Vec::new();
     for db in TestDb::both().await {
         let (store, _bus) = db.store(limits.clone()).await;
         stores.push((db.kind().to_owned(), store, Box::new(db)));

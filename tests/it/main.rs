@@ -2,6 +2,7 @@
 //! conformance suite, the seeded model test and the crash test.
 
 mod bad_input;
+mod bench;
 mod conformance;
 mod contention;
 mod crash;

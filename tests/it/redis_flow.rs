@@ -410,10 +410,10 @@ async fn buy(
             1 => "mutation($h:ID!){releaseHold(holdId:$h){id}}",
             _ => continue,
         };
-        if let Ok(ended) = current.try_gql(end_it, json!({"h": id})).await {
-            if ended.get("errors").is_none() {
-                ledger.lock().unwrap().ended.insert(id);
-            }
+        if let Ok(ended) = current.try_gql(end_it, json!({"h": id})).await
+            && ended.get("errors").is_none()
+        {
+            ledger.lock().unwrap().ended.insert(id);
         }
     }
 }

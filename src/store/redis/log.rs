@@ -69,13 +69,13 @@ async fn follow(
     };
     loop {
         for event in store.known_events().await? {
-            if !positions.contains_key(&event) {
+            if let std::collections::hash_map::Entry::Vacant(e) = positions.entry(event) {
                 let from = if *started {
                     "0-0".to_owned()
                 } else {
                     last_id(store, &mut store.conn(), event).await?
                 };
-                positions.insert(event, from);
+                e.insert(from);
             }
         }
         *started = true;

@@ -211,7 +211,7 @@ impl RedisStore {
             holds.push((convert::hold_of(model, hold_items)?, revision));
         }
         // Holds that lapsed while Redis was away are expired now (and announced), not loaded.
-        let (live, lapsed): (Vec<(Hold, i64)>, Vec<(Hold, i64)>) = holds
+        let (live, lapsed): (Vec<journal::Entry>, Vec<journal::Entry>) = holds
             .into_iter()
             .partition(|(hold, _)| hold.expires_at > now);
         let bought = bought_per_customer(snapshot, &types).await?;
@@ -568,11 +568,11 @@ impl RedisStore {
         ids.extend(pinned);
         let mut held: BTreeMap<TicketTypeId, i64> = BTreeMap::new();
         for id in ids.iter().filter_map(|id| id.parse::<HoldId>().ok()) {
-            if let Some((hold, _)) = self.read_hold(event, id).await? {
-                if hold.status == HoldStatus::Active {
-                    for item in &hold.items {
-                        *held.entry(item.ticket_type_id).or_default() += i64::from(item.quantity);
-                    }
+            if let Some((hold, _)) = self.read_hold(event, id).await?
+                && hold.status == HoldStatus::Active
+            {
+                for item in &hold.items {
+                    *held.entry(item.ticket_type_id).or_default() += i64::from(item.quantity);
                 }
             }
         }

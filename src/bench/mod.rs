@@ -1,0 +1,170 @@
+//! `tickethold bench`: a flash sale against a running server (`--url`) or against servers it
+//! starts itself, one per flow (`--flow`, or `--compare` for all three with the same workload),
+//! side by side with the raw engine references (`--references`). It speaks GraphQL over HTTP and
+//! WebSocket like a real client, and exits non-zero when a run oversells, undersells or leaves an
+//! expiry unannounced.
+
+mod api;
+mod chart;
+mod load;
+mod reference;
+mod report;
+mod target;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+/// The flows `tickethold bench` can start a server for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// The database flow on an embedded SQLite file in a temporary folder.
+    Sqlite,
+    /// The database flow on a fresh PostgreSQL database.
+    Postgres,
+    /// The Redis flow (holds in Redis, a fresh PostgreSQL database for the rest).
+    Redis,
+}
+
+impl Flow {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flow::Sqlite => "sqlite",
+            Flow::Postgres => "postgres",
+            Flow::Redis => "redis",
+        }
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// A running server to load (`http://host:port`); otherwise the bench starts its own.
+    #[arg(long, conflicts_with_all = ["flow", "compare"])]
+    pub url: Option<String>,
+
+    /// The flow of the server the bench starts.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub flow: Flow,
+
+    /// Run every flow, then the references, with the same workload.
+    #[arg(long)]
+    pub compare: bool,
+
+    /// Also measure the raw engine references (implied by --compare).
+    #[arg(long)]
+    pub references: bool,
+
+    /// PostgreSQL to create the bench's databases through (they are dropped at the end).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_url: String,
+
+    /// Redis for the Redis flow and its reference (keys in a namespace of the bench's own).
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Hold attempts, one per buyer (each buyer is a distinct customer).
+    #[arg(long, default_value_t = 5000)]
+    pub buyers: u64,
+
+    /// Buyers in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Ticket types of the event; buyers are spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub ticket_types: u32,
+
+    /// Tickets of each ticket type.
+    #[arg(long, default_value_t = 1000)]
+    pub capacity: u32,
+
+    /// Tickets in each hold.
+    #[arg(long, default_value_t = 1)]
+    pub quantity: u32,
+
+    /// Share of the successful holds that check out.
+    #[arg(long, default_value_t = 0.5)]
+    pub checkout_share: f64,
+
+    /// Share of the successful holds that are released; the rest are abandoned to expire.
+    #[arg(long, default_value_t = 0.1)]
+    pub release_share: f64,
+
+    /// TTL of every hold, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub ttl_secs: u32,
+
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write an SVG chart of throughput and latency per flow to this path.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+}
+
+/// Runs the benchmark; the exit code is a failure when any run broke an invariant.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    validate(&args)?;
+    let mut flows = Vec::new();
+    if let Some(url) = &args.url {
+        let result = load::run(url, &args, None).await?;
+        flows.push(report::FlowReport::new("url", result, None));
+    } else {
+        let selected = if args.compare {
+            vec![Flow::Sqlite, Flow::Postgres, Flow::Redis]
+        } else {
+            vec![args.flow]
+        };
+        for flow in selected {
+            flows.push(run_flow(flow, &args).await?);
+        }
+    }
+    let references = if args.compare || args.references {
+        Some(reference::run_all(&args).await?)
+    } else {
+        None
+    };
+    let report = report::Report::new(&args, flows, references);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.chart {
+        chart::write(path, &report).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Starts the flow's server, loads it, and stops it (and removes its data) whatever happened.
+async fn run_flow(flow: Flow, args: &Args) -> anyhow::Result<report::FlowReport> {
+    eprintln!("== {}: starting the server", flow.name());
+    let mut server = target::Server::start(flow, args).await?;
+    let result = load::run(&server.url(), args, Some(&server)).await;
+    let usage = server.usage();
+    let stopped = server.stop().await;
+    let result = result?;
+    stopped?;
+    Ok(report::FlowReport::new(flow.name(), result, usage))
+}
+
+fn validate(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.buyers > 0, "--buyers must be positive");
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
+    anyhow::ensure!(args.ticket_types > 0, "--ticket-types must be positive");
+    anyhow::ensure!(args.quantity > 0, "--quantity must be positive");
+    anyhow::ensure!(args.ttl_secs > 0, "--ttl-secs must be positive");
+    let shares = [args.checkout_share, args.release_share];
+    anyhow::ensure!(
+        shares.iter().all(|s| (0.0..=1.0).contains(s)) && shares.iter().sum::<f64>() <= 1.0,
+        "--checkout-share and --release-share must be in [0, 1] and add up to at most 1"
+    );
+    Ok(())
+}
