@@ -136,3 +136,21 @@ crate::on_both_flows!(checkout_racing_expiry_story);
 async fn checkout_racing_expiry_story(server: TestServer) {
     checkout_racing_expiry(server).await;
 }
+
+/// Twenty retries of one request, all at once, with one idempotency key: one hold.
+async fn concurrent_retries_make_one_hold(server: TestServer) {
+    let event = server.create_event("Retries").await;
+    let ticket_type = server.create_ticket_type(&event, 10, None).await;
+    let hold = "mutation($e:ID!,$t:ID!){holdTickets(input:{eventId:$e,customerId:\"same\",\
+                items:[{ticketTypeId:$t,quantity:2}],idempotencyKey:\"cart-1\"}){id}}";
+    let vars = serde_json::json!({"e": event, "t": ticket_type});
+    let answers = join_all((0..20).map(|_| server.gql(hold, vars.clone()))).await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|answer| crate::support::data(answer)["holdTickets"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(server.availability(&ticket_type).await["held"], 2);
+}
+
+crate::on_both_flows!(concurrent_retries_make_one_hold);

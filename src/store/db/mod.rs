@@ -10,6 +10,7 @@
 //! ascending id order. Every writer follows it, so concurrent holds, releases, checkouts and
 //! expiries never deadlock.
 
+mod batch;
 mod connect;
 pub(crate) mod convert;
 pub(crate) mod queries;
@@ -46,17 +47,20 @@ pub struct DbStore {
     bus: Bus,
     wakeup: Arc<Wakeup>,
     limits: Limits,
+    holds: batch::Batcher,
 }
 
 impl DbStore {
     /// A store over a connected and migrated database. Changes are published on `bus` after
     /// they commit; new expiries are scheduled on `wakeup`.
     pub fn new(db: DatabaseConnection, bus: Bus, wakeup: Arc<Wakeup>, limits: Limits) -> DbStore {
+        let holds = batch::Batcher::start(db.clone());
         DbStore {
             db,
             bus,
             wakeup,
             limits,
+            holds,
         }
     }
 
@@ -108,39 +112,16 @@ impl DbStore {
         Ok(Some(request.retry_of(hold)))
     }
 
-    /// One attempt at a hold, in one transaction, committed or rolled back before it returns
-    /// (so that no row stays locked while a dropped transaction waits to roll back).
+    /// One attempt at a hold, committed (with the other holds of its batch) before it returns.
     async fn try_hold(&self, request: &HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let txn = self.db.begin().await?;
-        match take_stock(&txn, request, now).await {
-            Ok(Ok(stock)) => {
-                let hold = Hold {
-                    id: HoldId::random(),
-                    event_id: request.event_id,
-                    customer_id: request.customer_id.clone(),
-                    status: HoldStatus::Active,
-                    items: request.hold_items(),
-                    created_at: now,
-                    expires_at: now + request.ttl.as_millis(),
-                    ended_at: None,
-                    idempotency_key: request.idempotency_key.clone(),
-                };
-                queries::insert_hold(&txn, &hold).await?;
-                txn.commit().await?;
-                self.wakeup.schedule(hold.expires_at);
-                self.publish(&hold, stock);
-                tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
-                Ok(Ok(hold))
-            }
-            Ok(Err(rejection)) => {
-                txn.rollback().await?;
-                Ok(Err(rejection))
-            }
-            Err(error) => {
-                txn.rollback().await.ok();
-                Err(error)
-            }
-        }
+        let (hold, stock) = match self.holds.hold(request.clone(), now).await? {
+            Ok(taken) => taken,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        self.wakeup.schedule(hold.expires_at);
+        self.publish(&hold, stock);
+        tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
+        Ok(Ok(hold))
     }
 
     /// Answers `rejection` for `hold`; one that is due is expired on the way, so that its stock
@@ -170,7 +151,7 @@ impl DbStore {
 
 /// Takes the stock of every item of `request` (ticket types in ascending id order), checking that
 /// they belong to its event and the customer's limits; the new stock of each.
-async fn take_stock(
+pub(super) async fn take_stock(
     txn: &DatabaseTransaction,
     request: &HoldRequest,
     now: Millis,

@@ -2,7 +2,7 @@
 //! transaction. Stock counters only move through `take_held`, `return_held` and `sell_held`,
 //! each a conditional `UPDATE ... RETURNING` that locks the ticket type row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use entity::{event, hold, hold_item, order, order_item, ticket_type};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
@@ -240,6 +240,96 @@ pub async fn customer_quantity<C: ConnectionTrait>(
         .one(conn)
         .await?;
     Ok(total.flatten().unwrap_or(0))
+}
+
+/// Reads and locks ticket types in ascending id order (`FOR UPDATE` on PostgreSQL; SQLite has
+/// one writer at a time).
+pub async fn lock_ticket_types(
+    txn: &DatabaseTransaction,
+    ids: impl IntoIterator<Item = TicketTypeId>,
+) -> StoreResult<BTreeMap<TicketTypeId, ticket_type::Model>> {
+    let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
+    let models = ticket_type::Entity::find()
+        .filter(ticket_type::Column::Id.is_in(ids))
+        .order_by_asc(ticket_type::Column::Id)
+        .lock(sea_orm::sea_query::LockType::Update)
+        .all(txn)
+        .await?;
+    Ok(models
+        .into_iter()
+        .map(|m| (TicketTypeId(m.id), m))
+        .collect())
+}
+
+/// `customer_quantity` of several customers and ticket types in one statement: the tickets each
+/// has of each, in active holds (not past their `expires_at` at `now`) and orders.
+pub async fn customer_quantities(
+    txn: &DatabaseTransaction,
+    customers: &[&str],
+    ticket_types: &[TicketTypeId],
+    now: Millis,
+) -> StoreResult<HashMap<(String, TicketTypeId), i64>> {
+    if customers.is_empty() || ticket_types.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let counted = Expr::col((hold::Entity, hold::Column::Status))
+        .eq(HoldStatus::Confirmed.as_str())
+        .or(Expr::col((hold::Entity, hold::Column::Status))
+            .eq(HoldStatus::Active.as_str())
+            .and(Expr::col((hold::Entity, hold::Column::ExpiresAt)).gt(now.0)));
+    let rows: Vec<(String, Uuid, Option<i64>)> = hold_item::Entity::find()
+        .select_only()
+        .column(hold::Column::CustomerId)
+        .column(hold_item::Column::TicketTypeId)
+        .column_as(hold_item::Column::Quantity.sum(), "total")
+        .inner_join(hold::Entity)
+        .filter(hold::Column::CustomerId.is_in(customers.iter().copied()))
+        .filter(hold_item::Column::TicketTypeId.is_in(ticket_types.iter().map(|t| t.0)))
+        .filter(counted)
+        .group_by(hold::Column::CustomerId)
+        .group_by(hold_item::Column::TicketTypeId)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, t, q)| ((c, TicketTypeId(t)), q.unwrap_or(0)))
+        .collect())
+}
+
+/// Writes new holds and their items, a few hundred rows per statement.
+pub async fn insert_holds(txn: &DatabaseTransaction, holds: &[&Hold]) -> StoreResult<()> {
+    for chunk in holds.chunks(200) {
+        hold::Entity::insert_many(chunk.iter().map(|hold| hold::ActiveModel {
+            id: Set(hold.id.0),
+            event_id: Set(hold.event_id.0),
+            customer_id: Set(hold.customer_id.as_str().to_owned()),
+            status: Set(hold.status.as_str().to_owned()),
+            created_at: Set(hold.created_at.0),
+            expires_at: Set(hold.expires_at.0),
+            ended_at: Set(None),
+            idempotency_key: Set(hold.idempotency_key.clone()),
+            revision: Set(0),
+        }))
+        .exec_without_returning(txn)
+        .await?;
+    }
+    let items: Vec<hold_item::ActiveModel> = holds
+        .iter()
+        .flat_map(|hold| {
+            hold.items.iter().map(|item| hold_item::ActiveModel {
+                hold_id: Set(hold.id.0),
+                ticket_type_id: Set(item.ticket_type_id.0),
+                quantity: Set(item.quantity as i32),
+            })
+        })
+        .collect();
+    for chunk in items.chunks(300) {
+        hold_item::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `LimitExceeded` if `quantity` more tickets would take the customer past the ticket type's
