@@ -84,9 +84,4 @@ impl Bus {
             }
         }
     }
-
-    /// Topics with a live sender (for tests and metrics).
-    pub fn topic_count(&self) -> usize {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }

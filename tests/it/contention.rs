@@ -147,7 +147,12 @@ async fn concurrent_retries_make_one_hold(server: TestServer) {
     let answers = join_all((0..20).map(|_| server.gql(hold, vars.clone()))).await;
     let ids: std::collections::HashSet<String> = answers
         .iter()
-        .map(|answer| crate::support::data(answer)["holdTickets"]["id"].as_str().unwrap().to_owned())
+        .map(|answer| {
+            crate::support::data(answer)["holdTickets"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(ids.len(), 1, "{answers:?}");
     assert_eq!(server.availability(&ticket_type).await["held"], 2);

@@ -45,10 +45,6 @@ impl Keys {
         }
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     /// The prefix of the keys of an event: `<ns>:{<event>}:`.
     pub fn event(&self, event: EventId) -> String {
         format!("{}:{{{event}}}:", self.namespace)
