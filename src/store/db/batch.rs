@@ -158,16 +158,15 @@ impl Ledger<'_> {
     fn decide(&mut self, job: &Job) -> Outcome<Hold> {
         let request = &job.request;
         let customer = request.customer_id.as_str();
-        for id in request.items.keys() {
-            if !self
-                .types
+        let of_event = |id| {
+            self.types
                 .get(id)
                 .is_some_and(|tt| tt.event_id == request.event_id.0)
-            {
-                return Err(Rejection::NotFound {
-                    what: "ticket type",
-                });
-            }
+        };
+        if !request.items.keys().all(of_event) {
+            return Err(Rejection::NotFound {
+                what: "ticket type",
+            });
         }
         for (id, quantity) in &request.items {
             let tt = &self.types[id];
