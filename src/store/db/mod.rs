@@ -48,6 +48,7 @@ pub struct DbStore {
     wakeup: Arc<Wakeup>,
     limits: Limits,
     holds: batch::Batcher,
+    events: queries::KnownEvents,
 }
 
 impl DbStore {
@@ -61,6 +62,7 @@ impl DbStore {
             wakeup,
             limits,
             holds,
+            events: queries::KnownEvents::default(),
         }
     }
 
@@ -279,7 +281,7 @@ impl HoldStore for DbStore {
         if let Some(found) = self.find_by_idempotency_key(&request, now).await? {
             return Ok(found);
         }
-        if self.event(request.event_id).await?.is_none() {
+        if !self.events.exists(&self.db, request.event_id).await? {
             return Ok(Err(Rejection::NotFound { what: "event" }));
         }
         // Availability never waits for the expiry timer: when holds past their `expires_at`

@@ -35,6 +35,29 @@ pub async fn event<C: ConnectionTrait>(conn: &C, id: EventId) -> StoreResult<Opt
         .map(convert::event_of))
 }
 
+/// Events known to exist. Events are never deleted, so a hit never goes stale; it spares a
+/// round trip to the database on every hold of a flash sale.
+#[derive(Default)]
+pub struct KnownEvents(std::sync::RwLock<std::collections::HashSet<EventId>>);
+
+impl KnownEvents {
+    pub async fn exists<C: ConnectionTrait>(&self, conn: &C, id: EventId) -> StoreResult<bool> {
+        if self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return Ok(true);
+        }
+        let found = event(conn, id).await?.is_some();
+        if found {
+            self.0.write().unwrap_or_else(|e| e.into_inner()).insert(id);
+        }
+        Ok(found)
+    }
+}
+
 pub async fn create_event<C: ConnectionTrait>(
     conn: &C,
     name: String,

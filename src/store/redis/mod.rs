@@ -84,7 +84,10 @@ pub struct RedisStore {
     limits: Limits,
     journal: Journal,
     settings: RedisSettings,
+    /// Every event, for the sweep and the stream reader (refreshed every second).
     events: Mutex<(Option<Instant>, Vec<EventId>)>,
+    /// Events seen to exist, for the checks of the hot path.
+    known: queries::KnownEvents,
 }
 
 /// What a change script answered.
@@ -122,6 +125,7 @@ impl RedisStore {
             journal,
             settings,
             events: Mutex::new((None, Vec::new())),
+            known: queries::KnownEvents::default(),
         })
     }
 
@@ -738,7 +742,7 @@ impl HoldStore for RedisStore {
     }
 
     async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
-        if queries::event(&self.db, request.event_id).await?.is_none() {
+        if !self.known.exists(&self.db, request.event_id).await? {
             return Ok(Err(Rejection::NotFound { what: "event" }));
         }
         let id = HoldId::random();
