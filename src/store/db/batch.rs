@@ -26,10 +26,18 @@ const BATCH_MAX: usize = 256;
 /// A hold as committed, and the stock of the ticket types it took.
 pub type Taken = (Hold, Vec<ticket_type::Model>);
 
+/// What a request came to.
+pub struct Answer {
+    pub outcome: Outcome<Taken>,
+    /// Sold out while active holds past their `expires_at` still hold stock of the ticket type:
+    /// worth expiring them and asking again.
+    pub overdue_in_the_way: bool,
+}
+
 struct Job {
     request: HoldRequest,
     now: Millis,
-    reply: oneshot::Sender<StoreResult<Outcome<Taken>>>,
+    reply: oneshot::Sender<StoreResult<Answer>>,
 }
 
 /// The queue of hold requests; its task runs until the queue is dropped.
@@ -45,7 +53,7 @@ impl Batcher {
     }
 
     /// Takes the stock of `request` and writes its hold, committed with whatever else is queued.
-    pub async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Outcome<Taken>> {
+    pub async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Answer> {
         let (reply, answer) = oneshot::channel();
         let stopped = || crate::store::StoreError::Unavailable("the hold writer stopped".into());
         self.sender
@@ -90,10 +98,7 @@ async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Job>) {
 
 /// Every job in one transaction. `Err` if the transaction as a whole failed (nothing of it
 /// committed).
-async fn together(
-    db: &DatabaseConnection,
-    jobs: &[Job],
-) -> StoreResult<Vec<StoreResult<Outcome<Taken>>>> {
+async fn together(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Vec<StoreResult<Answer>>> {
     let txn = db.begin().await?;
     let ids: BTreeSet<TicketTypeId> = jobs
         .iter()
@@ -128,19 +133,53 @@ async fn together(
             })?;
         stock.insert(*id, model);
     }
+    let overdue = overdue_in_the_way(&txn, &decisions, now).await?;
     txn.commit().await?;
     Ok(decisions
         .into_iter()
         .map(|decision| {
-            Ok(decision.map(|hold| {
-                let models = hold
+            let overdue_in_the_way = blocked_by(&decision).is_some_and(|id| overdue.contains(&id));
+            let outcome = decision.map(|hold| {
+                let models: Vec<_> = hold
                     .items
                     .iter()
-                    .filter_map(|i| stock.get(&i.ticket_type_id).cloned());
-                let models = models.collect();
+                    .filter_map(|i| stock.get(&i.ticket_type_id).cloned())
+                    .collect();
                 (hold, models)
-            }))
+            });
+            Ok(Answer {
+                outcome,
+                overdue_in_the_way,
+            })
         })
+        .collect())
+}
+
+/// The ticket type a refusal was sold out of.
+fn blocked_by<T>(decision: &Outcome<T>) -> Option<TicketTypeId> {
+    match decision {
+        Err(Rejection::SoldOut { ticket_type_id, .. }) => Some(*ticket_type_id),
+        _ => None,
+    }
+}
+
+/// The ticket types that some decisions were sold out of and on which overdue holds still
+/// count (one query for the batch, none when nothing was sold out).
+async fn overdue_in_the_way<T>(
+    txn: &DatabaseTransaction,
+    decisions: &[Outcome<T>],
+    now: Millis,
+) -> StoreResult<BTreeSet<TicketTypeId>> {
+    let blocked: BTreeSet<TicketTypeId> = decisions.iter().filter_map(blocked_by).collect();
+    if blocked.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let blocked: Vec<TicketTypeId> = blocked.into_iter().collect();
+    let overdue = queries::overdue_held(txn, &blocked, now).await?;
+    Ok(overdue
+        .into_iter()
+        .filter(|(_, quantity)| *quantity > 0)
+        .map(|(id, _)| id)
         .collect())
 }
 
@@ -214,19 +253,30 @@ impl Ledger<'_> {
 }
 
 /// One job in a transaction of its own.
-async fn alone(
-    db: &DatabaseConnection,
-    request: &HoldRequest,
-    now: Millis,
-) -> StoreResult<Outcome<Taken>> {
+async fn alone(db: &DatabaseConnection, request: &HoldRequest, now: Millis) -> StoreResult<Answer> {
     let txn = db.begin().await?;
     let outcome = attempt(&txn, request, now).await;
-    if matches!(outcome, Ok(Ok(_))) {
-        txn.commit().await?;
-    } else {
-        txn.rollback().await.ok();
-    }
-    outcome
+    let outcome = match outcome {
+        Ok(Ok(taken)) => {
+            txn.commit().await?;
+            return Ok(Answer {
+                outcome: Ok(taken),
+                overdue_in_the_way: false,
+            });
+        }
+        Ok(Err(rejection)) => Err(rejection),
+        Err(error) => {
+            txn.rollback().await.ok();
+            return Err(error);
+        }
+    };
+    let overdue = overdue_in_the_way(&txn, std::slice::from_ref(&outcome), now).await;
+    txn.rollback().await.ok();
+    let overdue_in_the_way = !overdue?.is_empty();
+    Ok(Answer {
+        outcome,
+        overdue_in_the_way,
+    })
 }
 
 /// Takes the stock and writes the hold, inside `txn`.

@@ -114,16 +114,22 @@ impl DbStore {
         Ok(Some(request.retry_of(hold)))
     }
 
-    /// One attempt at a hold, committed (with the other holds of its batch) before it returns.
-    async fn try_hold(&self, request: &HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let (hold, stock) = match self.holds.hold(request.clone(), now).await? {
+    /// One attempt at a hold, committed (with the other holds of its batch) before it returns;
+    /// also whether overdue holds stood in the way of a sold-out answer.
+    async fn try_hold(
+        &self,
+        request: &HoldRequest,
+        now: Millis,
+    ) -> StoreResult<(Outcome<Hold>, bool)> {
+        let answer = self.holds.hold(request.clone(), now).await?;
+        let (hold, stock) = match answer.outcome {
             Ok(taken) => taken,
-            Err(rejection) => return Ok(Err(rejection)),
+            Err(rejection) => return Ok((Err(rejection), answer.overdue_in_the_way)),
         };
         self.wakeup.schedule(hold.expires_at);
         self.publish(&hold, stock);
         tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
-        Ok(Ok(hold))
+        Ok((Ok(hold), false))
     }
 
     /// Answers `rejection` for `hold`; one that is due is expired on the way, so that its stock
@@ -138,16 +144,6 @@ impl DbStore {
             expire_all_due(self, now, RECLAIM_BATCH_MAX).await?;
         }
         Ok(Err(rejection))
-    }
-
-    /// Whether some active hold past its `expires_at` still counts as held on one of these
-    /// ticket types (its expiry has not been written yet).
-    async fn overdue_stock(&self, request: &HoldRequest, now: Millis) -> StoreResult<bool> {
-        let ids: Vec<TicketTypeId> = request.items.keys().copied().collect();
-        Ok(queries::overdue_held(&self.db, &ids, now)
-            .await?
-            .values()
-            .any(|q| *q > 0))
     }
 }
 
@@ -289,12 +285,11 @@ impl HoldStore for DbStore {
         let mut reclaimed = false;
         loop {
             match self.try_hold(&request, now).await {
-                Ok(Err(Rejection::SoldOut { .. }))
-                    if !reclaimed && self.overdue_stock(&request, now).await? =>
-                {
+                Ok((Err(Rejection::SoldOut { .. }), true)) if !reclaimed => {
                     reclaimed = true;
                     expire_all_due(self, now, RECLAIM_BATCH_MAX).await?;
                 }
+                Ok((outcome, _)) => return Ok(outcome),
                 // Two retries with one idempotency key raced: the loser returns the winner's.
                 Err(StoreError::Db(error)) if is_unique_violation(&error) => {
                     return match self.find_by_idempotency_key(&request, now).await? {
@@ -302,7 +297,7 @@ impl HoldStore for DbStore {
                         None => Err(StoreError::Db(error)),
                     };
                 }
-                outcome => return outcome,
+                Err(error) => return Err(error),
             }
         }
     }
