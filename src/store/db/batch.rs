@@ -78,33 +78,68 @@ async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Job>) {
             }
         }
         match together(&db, &jobs).await {
-            Ok(outcomes) => {
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    job.reply.send(outcome).ok();
+            Ok(answers) => {
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    job.reply.send(Ok(answer)).ok();
                 }
             }
-            Err(error) => {
+            // Nothing was committed: each request again, in a transaction of its own.
+            Err(Failed::BeforeCommit(error)) => {
                 if jobs.len() > 1 {
                     tracing::warn!(error = %crate::error_chain(&error), jobs = jobs.len(), "a batch of holds failed; running them one by one");
                 }
                 for job in jobs {
-                    let outcome = alone(&db, &job.request, job.now).await;
-                    job.reply.send(outcome).ok();
+                    let answer = alone(&db, &job.request, job.now).await;
+                    job.reply.send(answer).ok();
+                }
+            }
+            // The commit may or may not have happened: running the requests again could make
+            // second holds, so they fail (a hold that was made expires as any other).
+            Err(Failed::AtCommit(error)) => {
+                tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "committing a batch of holds failed");
+                let message =
+                    "the outcome of the hold is unknown; ask again with an idempotency key";
+                for job in jobs {
+                    job.reply
+                        .send(Err(StoreError::Unavailable(message.into())))
+                        .ok();
                 }
             }
         }
     }
 }
 
-/// Every job in one transaction. `Err` if the transaction as a whole failed (nothing of it
-/// committed).
-async fn together(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Vec<StoreResult<Answer>>> {
-    let txn = db.begin().await?;
+/// How a batch failed.
+enum Failed {
+    BeforeCommit(StoreError),
+    AtCommit(StoreError),
+}
+
+/// Every job in one transaction, committed, or rolled back as a whole.
+async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Answer>, Failed> {
+    let txn = db
+        .begin()
+        .await
+        .map_err(|e| Failed::BeforeCommit(e.into()))?;
+    match decide_all(&txn, jobs).await {
+        Ok(answers) => match txn.commit().await {
+            Ok(()) => Ok(answers),
+            Err(error) => Err(Failed::AtCommit(error.into())),
+        },
+        Err(error) => {
+            txn.rollback().await.ok();
+            Err(Failed::BeforeCommit(error))
+        }
+    }
+}
+
+/// Decides every job inside `txn` and writes what they take (not committed).
+async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Vec<Answer>> {
     let ids: BTreeSet<TicketTypeId> = jobs
         .iter()
         .flat_map(|job| job.request.items.keys().copied())
         .collect();
-    let types = queries::lock_ticket_types(&txn, ids).await?;
+    let types = queries::lock_ticket_types(txn, ids).await?;
     let limited: Vec<TicketTypeId> = types
         .values()
         .filter(|tt| tt.max_per_customer.is_some())
@@ -119,22 +154,21 @@ async fn together(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Vec<Stor
     let mut ledger = Ledger {
         types: &types,
         taken: BTreeMap::new(),
-        owned: queries::customer_quantities(&txn, &customers, &limited, now).await?,
+        owned: queries::customer_quantities(txn, &customers, &limited, now).await?,
     };
     let decisions: Vec<Outcome<Hold>> = jobs.iter().map(|job| ledger.decide(job)).collect();
     let holds: Vec<&Hold> = decisions.iter().filter_map(|d| d.as_ref().ok()).collect();
-    queries::insert_holds(&txn, &holds).await?;
+    queries::insert_holds(txn, &holds).await?;
     let mut stock = BTreeMap::new();
     for (id, quantity) in &ledger.taken {
-        let model = queries::take_held(&txn, *id, *quantity)
+        let model = queries::take_held(txn, *id, *quantity)
             .await?
             .ok_or_else(|| {
                 StoreError::Invariant(format!("ticket type {id} changed under its lock"))
             })?;
         stock.insert(*id, model);
     }
-    let overdue = overdue_in_the_way(&txn, &decisions, now).await?;
-    txn.commit().await?;
+    let overdue = overdue_in_the_way(txn, &decisions, now).await?;
     Ok(decisions
         .into_iter()
         .map(|decision| {
@@ -147,10 +181,10 @@ async fn together(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Vec<Stor
                     .collect();
                 (hold, models)
             });
-            Ok(Answer {
+            Answer {
                 outcome,
                 overdue_in_the_way,
-            })
+            }
         })
         .collect())
 }
