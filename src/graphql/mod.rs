@@ -4,6 +4,7 @@
 mod caller;
 pub mod error;
 mod mutation;
+mod parsed;
 mod query;
 mod subscription;
 pub mod types;
@@ -56,6 +57,7 @@ pub fn build_schema(services: Services, limits: &QueryLimits) -> AppSchema {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(services)
         .extension(error::ErrorCodes)
+        .extension(parsed::ParsedQueries::default())
         .limit_depth(limits.query_depth_max)
         .limit_complexity(limits.query_complexity_max)
         .finish()
