@@ -52,7 +52,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     }
 }
 
-/// A body that is not a GraphQL request (malformed JSON, too large): a 4xx with a
+/// A body that is not a GraphQL request (malformed JSON, not a GraphQL request): a 4xx with a
 /// GraphQL-shaped error, never a 5xx. (A well-formed body without a query is a GraphQL error
 /// with `INVALID_INPUT`, answered by the schema.)
 fn bad_request(rejection: &GraphQLRejection) -> Response {
@@ -105,7 +105,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         Ok(_) => "ready".into_response(),
         Err(error) => {
             tracing::warn!(error = %crate::error_chain(&error), "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
         }
     }
 }

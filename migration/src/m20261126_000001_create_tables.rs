@@ -86,7 +86,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // The `expires_at` index of the note, led by `status` so that finding the active holds
+        // The expiry timer's index on `expires_at`, led by `status` so that finding the active holds
         // that are due reads only those, not the ever-growing history of ended ones.
         manager
             .create_index(

@@ -1,7 +1,7 @@
 //! The hold rules: ids, quantities, statuses, rejections and limits.
 //!
 //! Nothing here does I/O or reads the clock. Functions that need the time take `now` as a
-//! parameter, so that the stores, the property test and the expiry machinery all move time by
+//! parameter, so that the stores, the seeded model test and the expiry machinery all move time by
 //! hand. Inputs from the wire become these types at the edge (`TryFrom`), before anything runs.
 
 mod ids;

@@ -1,3 +1,6 @@
+//! Tests of the hold rules: request validation and merging, status at an instant, extension
+//! caps, limits.
+
 use super::*;
 
 fn ids() -> (EventId, CustomerId, TicketTypeId, TicketTypeId) {

@@ -3,7 +3,9 @@
 //! In the database flow ([`timer`]) a single delayed task sleeps until the earliest
 //! `expires_at` of an active hold (read from the `expires_at` index), expires every hold that is
 //! due in batches, and sleeps again: no cron scan, no task per hold. New holds and extensions
-//! that expire earlier than the current deadline wake it through [`Wakeup`].
+//! that expire earlier than the current deadline wake it through [`Wakeup`]. In the Redis flow
+//! the same timer sweeps every event's expiry index, and [`keyspace`] expires a hold the moment
+//! Redis announces that its shadow key expired.
 
 pub mod keyspace;
 pub mod timer;

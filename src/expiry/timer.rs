@@ -1,5 +1,6 @@
-//! The delayed task of the database flow: sleeps until the next `expires_at`, then expires
-//! every hold that is due, in batches of `sweep_batch_max`, each in one transaction.
+//! The expiry timer of both flows: sleeps until the next `expires_at` (the database's index, or
+//! the Redis expiry indexes), then expires every hold that is due, in batches of
+//! `sweep_batch_max`.
 //!
 //! It also wakes at least every `sweep_interval`, to pick up holds written by other instances
 //! sharing the database; at start-up its first look expires whatever lapsed while the server

@@ -44,15 +44,6 @@ pub struct QueryLimits {
     pub query_complexity_max: usize,
 }
 
-impl Default for QueryLimits {
-    fn default() -> QueryLimits {
-        QueryLimits {
-            query_depth_max: 16,
-            query_complexity_max: 5_000,
-        }
-    }
-}
-
 pub fn build_schema(services: Services, limits: &QueryLimits) -> AppSchema {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(services)

@@ -350,7 +350,8 @@ pub struct HoldTicketsInput {
     /// The shop's own id for the buyer.
     pub customer_id: ID,
     pub items: Vec<HoldItemInput>,
-    /// Seconds until the hold expires; the server's default (900) when omitted.
+    /// Seconds until the hold expires; the server's default (`--hold-ttl-secs-default`, 900
+    /// unless configured) when omitted.
     pub ttl_seconds: Option<i64>,
     /// A retry with the same key (per customer) returns the same hold.
     pub idempotency_key: Option<String>,
@@ -360,5 +361,7 @@ pub struct HoldTicketsInput {
 pub struct CheckoutInput {
     pub hold_id: ID,
     pub payment_reference: String,
+    /// Kept with the order for the shop's records; a second checkout of the same hold returns
+    /// the same order whatever the key.
     pub idempotency_key: Option<String>,
 }

@@ -40,8 +40,11 @@ pub enum Drift {
     /// A ticket type's counters differ from what its holds and orders say.
     Counters {
         ticket_type_id: TicketTypeId,
+        /// The counters as stored (the database's, or Redis's in the Redis flow).
         counted_sold: i64,
         counted_held: i64,
+        /// What they should be: recomputed from the holds and orders (for Redis's `sold`, the
+        /// database's counter, which the orders keep).
         actual_sold: i64,
         actual_held: i64,
     },

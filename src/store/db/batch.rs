@@ -4,11 +4,12 @@
 //! memory (all-or-nothing, limits, stock), then raises each ticket type's `held` once, writes
 //! the new holds in a few statements and commits once. A flash sale of N buyers pays for a
 //! handful of round trips and commits (each a disk flush holding the hot row's lock) instead of
-//! N: the note's "lock contention" drawback, removed.
+//! N transactions that would queue one by one on the hot row's lock.
 //!
 //! Answers are sent after the commit, so an acknowledged hold is a committed hold. A batch that
-//! fails as a whole (a deadlock with another instance, an idempotency key taken twice, a lost
-//! connection) is run again request by request, each in a transaction of its own.
+//! fails before its commit (a deadlock with another instance, an idempotency key taken twice) is
+//! rolled back and run again request by request, each in a transaction of its own. A batch whose
+//! commit fails is not rerun, since it may have committed: its requests answer UNAVAILABLE.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

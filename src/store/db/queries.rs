@@ -1,6 +1,7 @@
 //! The statements of the database flow, each a small function over a connection or a
-//! transaction. Stock counters only move through `take_held`, `return_held` and `sell_held`,
-//! each a conditional `UPDATE ... RETURNING` that locks the ticket type row.
+//! transaction. Stock counters only move through `take_held`, `return_held`, `sell_held` and
+//! (Redis flow) `sell_double_checked`, each a conditional `UPDATE ... RETURNING` that locks the
+//! ticket type row.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -184,7 +185,7 @@ pub async fn return_held(
 }
 
 /// Turns `quantity` held tickets into sold ones, checking again that the ticket type is not
-/// oversold (the note's double-check at payment).
+/// oversold (the double-check at payment).
 pub async fn sell_held(
     txn: &DatabaseTransaction,
     id: TicketTypeId,

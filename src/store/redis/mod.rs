@@ -6,10 +6,11 @@
 //!   every item and the customer's limit, then writes the hold, raises `held`, sets the hold's
 //!   TTL'd shadow key and adds it to the event's expiry index. No read-then-write from Rust, no
 //!   lock.
-//! - *Expiry*: `change.lua` with `expire` ends an active hold past its `expires_at` once; three
-//!   things call it: the keyspace notification of the shadow key (`expiry::keyspace`), this
-//!   instance's timer at the `expires_at` of holds it wrote, and the sweep of every event's expiry
-//!   index (`sweep.lua`), which catches whatever a notification missed.
+//! - *Expiry*: an active hold past its `expires_at` ends once, whoever gets there first:
+//!   `change.lua` with `expire` (from the keyspace notification of its shadow key, see
+//!   `expiry::keyspace`, or from a read that finds it overdue), or `lib.lua`'s `expire_due`, run
+//!   by `sweep.lua` (the timer's sweep of every event's expiry index) and by `hold.lua` and
+//!   `stock.lua` before they read the stock.
 //! - *Checkout*: pin the hold (it can no longer expire), sell in one database transaction that
 //!   double-checks `sold + quantity <= capacity` and writes the order (unique per hold), then
 //!   finalize in Redis. A checkout that died between the steps is reconciled by the sweep.
@@ -172,7 +173,7 @@ impl RedisStore {
 
     /// Loads an event's stock and active holds from the database into Redis, unless another
     /// instance did it first.
-    pub async fn load_event(&self, event: EventId, now: Millis) -> StoreResult<()> {
+    async fn load_event(&self, event: EventId, now: Millis) -> StoreResult<()> {
         // One snapshot for every read, so that a checkout committing meanwhile is counted in
         // all of them or in none.
         let snapshot = if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
@@ -409,7 +410,7 @@ impl RedisStore {
     /// A hold as Redis has it, and whether it is pinned.
     async fn read_hold(&self, event: EventId, id: HoldId) -> StoreResult<Option<(Hold, bool)>> {
         let fields: Vec<String> = redis::cmd("HGETALL")
-            .arg(format!("{}hold:{id}", self.keys.event(event)))
+            .arg(self.keys.hold(event, id))
             .query_async(&mut self.conn())
             .await?;
         if fields.is_empty() {
@@ -442,7 +443,7 @@ impl RedisStore {
         self.events.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
     }
 
-    /// Expires one hold if it is due (a keyspace notification or this instance's timer).
+    /// Expires one hold if it is due (a keyspace notification, or `get_hold` finding it overdue).
     pub async fn expire_one(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<bool> {
         match self.change(event, id, "expire", now, None).await? {
             Changed::Done(hold, revision) => {
@@ -455,23 +456,14 @@ impl RedisStore {
     }
 
     /// Sweeps one event: expires its overdue holds, reconciles stale pins, and returns the
-    /// expired holds and the event's next expiry.
-    async fn sweep(
-        &self,
-        event: EventId,
-        now: Millis,
-        batch_max: u32,
-    ) -> StoreResult<(Vec<Hold>, Option<Millis>)> {
+    /// expired holds.
+    async fn sweep(&self, event: EventId, now: Millis, batch_max: u32) -> StoreResult<Vec<Hold>> {
         let stale_before = now - Millis(self.settings.pin_timeout.as_millis() as i64);
         let args = [batch_max.to_string(), stale_before.0.to_string()];
         let reply = self.run(&self.scripts.sweep, event, now, &args).await?;
         let parts = array(&reply);
-        let next = parts
-            .get(1)
-            .and_then(string)
-            .and_then(|n| n.parse::<f64>().ok());
         let mut expired = Vec::new();
-        for fields in parts.iter().skip(3) {
+        for fields in parts.iter().skip(2) {
             let fields = strings(fields);
             let (hold, _) = hold_of(&fields)?;
             tracing::info!(hold_id = %hold.id, lag_ms = (now - hold.expires_at).0, "hold expired");
@@ -480,12 +472,12 @@ impl RedisStore {
                 .await;
             expired.push(hold);
         }
-        for stale in parts.get(2).map(strings).unwrap_or_default() {
+        for stale in parts.get(1).map(strings).unwrap_or_default() {
             if let Ok(id) = stale.parse::<HoldId>() {
                 self.reconcile_pin(event, id, now).await?;
             }
         }
-        Ok((expired, next.map(|n| Millis(n as i64))))
+        Ok(expired)
     }
 
     /// A checkout died between pinning a hold and finalizing it: finish it if its order was
@@ -548,7 +540,6 @@ impl RedisStore {
 
     /// Every Redis-side difference of one event: counters against the holds Redis has.
     async fn verify_event(&self, event: EventId) -> StoreResult<Vec<Drift>> {
-        let prefix = self.keys.event(event);
         let mut conn = self.conn();
         let loaded: bool = redis::cmd("EXISTS")
             .arg(self.keys.loaded(event))
@@ -558,13 +549,13 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("{prefix}expiry"))
+            .arg(self.keys.expiry(event))
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await?;
         let pinned: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("{prefix}pinned"))
+            .arg(self.keys.pinned(event))
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
@@ -587,7 +578,7 @@ impl RedisStore {
         let mut drifts = Vec::new();
         for tt in types {
             let fields: Vec<Option<i64>> = redis::cmd("HMGET")
-                .arg(format!("{prefix}tt:{}", tt.id))
+                .arg(self.keys.ticket_type(event, TicketTypeId(tt.id)))
                 .arg("capacity")
                 .arg("sold")
                 .arg("held")
@@ -893,7 +884,7 @@ impl HoldStore for RedisStore {
         for event in self.known_events().await? {
             // One event failing does not keep the others from expiring.
             let holds = match self.sweep(event, now, batch_max).await {
-                Ok((holds, _)) => holds,
+                Ok(holds) => holds,
                 Err(error) => {
                     tracing::warn!(error = %crate::error_chain(&error), event_id = %event, "sweeping an event failed");
                     continue;
@@ -912,7 +903,7 @@ impl HoldStore for RedisStore {
         if events.is_empty() {
             return Ok(None);
         }
-        let key = |event: &EventId| format!("{}expiry", self.keys.event(*event));
+        let key = |event: &EventId| self.keys.expiry(*event);
         let firsts: Vec<Vec<(String, f64)>> = if self.topology.is_cluster() {
             // A cluster pipeline cannot span slots: one read per event.
             let reads = events.iter().map(|event| async move {

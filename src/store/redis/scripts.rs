@@ -50,6 +50,25 @@ impl Keys {
         format!("{}:{{{event}}}:", self.namespace)
     }
 
+    pub fn hold(&self, event: EventId, hold: HoldId) -> String {
+        format!("{}hold:{hold}", self.event(event))
+    }
+
+    /// The event's expiry index (a sorted set of active holds by `expires_at`).
+    pub fn expiry(&self, event: EventId) -> String {
+        format!("{}expiry", self.event(event))
+    }
+
+    /// The event's holds being checked out, by when they were pinned.
+    pub fn pinned(&self, event: EventId) -> String {
+        format!("{}pinned", self.event(event))
+    }
+
+    /// A ticket type's counters.
+    pub fn ticket_type(&self, event: EventId, id: TicketTypeId) -> String {
+        format!("{}tt:{id}", self.event(event))
+    }
+
     pub fn loaded(&self, event: EventId) -> String {
         format!("{}loaded", self.event(event))
     }

@@ -1,5 +1,6 @@
 //! A private `redis-server` for tests that restart, flush or kill Redis, or need keyspace
-//! notifications: on a free port, in a temp folder, never the machine's shared one.
+//! notifications, and a private Redis Cluster: on free ports, in temp folders, never the
+//! machine's shared Redis.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

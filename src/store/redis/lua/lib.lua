@@ -6,7 +6,8 @@
 -- Keys of an event, after the prefix:
 --   loaded          marker: the event's state was loaded from the database
 --   tt:<T>          hash: capacity, sold, held, max (0: no limit), version
---   hold:<H>        hash: id, event, customer, status, created, expires, ended, items, idem,
+--   hold:<H>        hash: id, event, customer, status (ACTIVE, PINNED, RELEASED, EXPIRED,
+--                   CONFIRMED), created, expires, ended, items, idem, pinned (when pinned),
 --                   rev (raised at every change, so journal entries can be ordered)
 --   ttl:<H>         shadow key with the hold's TTL: its expiry fires the keyspace notification
 --   expiry          zset: active holds by expires_at (the expiry index)

@@ -1,6 +1,6 @@
 -- The stock of some ticket types of the event, after reclaiming its overdue holds.
 -- ARGV: prefix, now, then ticket type ids. Returns {'OK', {capacity, sold, held, version}...}
--- with an empty entry for a type that is not loaded, or {'NOLOAD'}.
+-- with an entry of four nils for a type that is not loaded, or {'NOLOAD'}.
 if not_loaded() then return {'NOLOAD'} end
 expire_due(1000)
 local reply = {'OK'}
