@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Limits, Millis};
@@ -18,7 +19,7 @@ use crate::expiry::timer::{self, TimerConfig};
 use crate::graphql::{self, QueryLimits, Services};
 use crate::store::HoldStore;
 use crate::store::db::{self, DbStore};
-use crate::store::redis::{RedisSettings, RedisStore, log};
+use crate::store::redis::{Journal, RedisSettings, RedisStore, log};
 
 /// The embedded default: a SQLite file under `./data/`, created if missing.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite://data/tickethold.db?mode=rwc";
@@ -163,52 +164,14 @@ pub async fn serve(
         .validate()
         .map_err(anyhow::Error::msg)
         .context("invalid limits")?;
-    let connection = db::connect(&config.database_url, config.database_connections_max)
-        .await
-        .context("cannot open the database")?;
     let bus = Bus::new(config.bus_capacity);
     let wakeup = Arc::new(Wakeup::default());
     let timer_config = TimerConfig {
         sweep_interval: Duration::from_millis(u64::from(config.sweep_interval_ms.max(1))),
         sweep_batch_max: config.sweep_batch_max.max(1),
     };
-    let mut tasks = Vec::new();
-    let (store, journal): (Arc<dyn HoldStore>, _) = match &config.redis_url {
-        None => {
-            let store = DbStore::new(connection, bus.clone(), wakeup.clone(), limits.clone());
-            (Arc::new(store), None)
-        }
-        Some(url) => {
-            let settings = RedisSettings {
-                url: url.clone(),
-                namespace: config.redis_namespace.clone(),
-                pin_timeout: Duration::from_secs(u64::from(config.redis_pin_timeout_secs.max(1))),
-                journal_interval: Duration::from_millis(u64::from(
-                    config.redis_journal_interval_ms,
-                )),
-                command_timeout: Duration::from_millis(u64::from(config.redis_timeout_ms.max(1))),
-                cluster: config.redis_cluster,
-            };
-            let store = RedisStore::connect(connection, settings, wakeup.clone(), limits.clone())
-                .await
-                .context("cannot connect to Redis")?;
-            let store = Arc::new(store);
-            tasks.push(tokio::spawn(log::run(
-                store.clone(),
-                bus.clone(),
-                shutdown.clone(),
-            )));
-            tasks.push(tokio::spawn(keyspace::run(
-                store.clone(),
-                config.redis_configure_keyspace_events,
-                timer_config.sweep_batch_max,
-                shutdown.clone(),
-            )));
-            tracing::info!(namespace = %config.redis_namespace, "holds live in Redis");
-            let journal = store.journal().clone();
-            (store as Arc<dyn HoldStore>, Some(journal))
-        }
-    };
+    let mut running = start_store(&config, &limits, &bus, &wakeup, &shutdown).await?;
+    let store = running.store.clone();
 
     // Holds that lapsed while the server was down expire before the first request.
     let lapsed =
@@ -219,12 +182,8 @@ pub async fn serve(
             "expired holds that lapsed while the server was down"
         );
     }
-    tasks.push(tokio::spawn(timer::run(
-        store.clone(),
-        wakeup,
-        timer_config,
-        shutdown.clone(),
-    )));
+    let timer = timer::run(store.clone(), wakeup, timer_config, shutdown.clone());
+    running.tasks.push(tokio::spawn(timer));
 
     let services = Services {
         store,
@@ -244,21 +203,86 @@ pub async fn serve(
         .await
         .context("server failed")?;
     shutdown.cancel();
-    for task in tasks {
-        task.await.ok();
-    }
-    if let Some(journal) = journal {
-        // Bounded: with the database gone, the last entries are lost rather than the exit.
-        let flush_max = Duration::from_secs(5);
-        if tokio::time::timeout(flush_max, journal.flush())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the hold journal could not be written before stopping");
-        }
-    }
+    running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store of the flow the configuration selects, with the tasks it runs beside the timer.
+struct Running {
+    store: Arc<dyn HoldStore>,
+    /// The Redis flow's journal, flushed at the end.
+    journal: Option<Journal>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for the tasks (already told to stop) and flushes the journal.
+    async fn stop(self) {
+        for task in self.tasks {
+            task.await.ok();
+        }
+        if let Some(journal) = self.journal {
+            // Bounded: with the database gone, the last entries are lost rather than the exit.
+            let flush_max = Duration::from_secs(5);
+            if tokio::time::timeout(flush_max, journal.flush())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the hold journal could not be written before stopping");
+            }
+        }
+    }
+}
+
+/// Opens the database (running the migrations) and, for the Redis flow, connects to Redis and
+/// starts the stream reader and the keyspace listener.
+async fn start_store(
+    config: &Config,
+    limits: &Limits,
+    bus: &Bus,
+    wakeup: &Arc<Wakeup>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Running> {
+    let connection = db::connect(&config.database_url, config.database_connections_max)
+        .await
+        .context("cannot open the database")?;
+    let Some(url) = &config.redis_url else {
+        let store = DbStore::new(connection, bus.clone(), wakeup.clone(), limits.clone());
+        return Ok(Running {
+            store: Arc::new(store),
+            journal: None,
+            tasks: Vec::new(),
+        });
+    };
+    let settings = RedisSettings {
+        url: url.clone(),
+        namespace: config.redis_namespace.clone(),
+        pin_timeout: Duration::from_secs(u64::from(config.redis_pin_timeout_secs.max(1))),
+        journal_interval: Duration::from_millis(u64::from(config.redis_journal_interval_ms)),
+        command_timeout: Duration::from_millis(u64::from(config.redis_timeout_ms.max(1))),
+        cluster: config.redis_cluster,
+    };
+    let store = RedisStore::connect(connection, settings, wakeup.clone(), limits.clone())
+        .await
+        .context("cannot connect to Redis")?;
+    let store = Arc::new(store);
+    let tasks = vec![
+        tokio::spawn(log::run(store.clone(), bus.clone(), shutdown.clone())),
+        tokio::spawn(keyspace::run(
+            store.clone(),
+            config.redis_configure_keyspace_events,
+            config.sweep_batch_max.max(1),
+            shutdown.clone(),
+        )),
+    ];
+    tracing::info!(namespace = %config.redis_namespace, "holds live in Redis");
+    let journal = Some(store.journal().clone());
+    Ok(Running {
+        store,
+        journal,
+        tasks,
+    })
 }
 
 /// A store over `database_url` (and Redis, for the Redis flow) with default limits, for
