@@ -169,6 +169,21 @@ impl HoldRequest {
             .collect()
     }
 
+    /// The hold this request makes at `now`, with a new random id.
+    pub fn hold_at(&self, now: Millis) -> Hold {
+        Hold {
+            id: HoldId::random(),
+            event_id: self.event_id,
+            customer_id: self.customer_id.clone(),
+            status: HoldStatus::Active,
+            items: self.hold_items(),
+            created_at: now,
+            expires_at: now + self.ttl.as_millis(),
+            ended_at: None,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+
     /// Whether `hold` is what this request asks for (the test of an idempotent retry).
     pub fn same_as(&self, hold: &Hold) -> bool {
         hold.event_id == self.event_id

@@ -17,19 +17,18 @@ use entity::ticket_type;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
+use super::convert::availability_of;
 use super::{queries, take_stock};
-use crate::domain::{Hold, HoldId, HoldRequest, HoldStatus, Millis, Rejection, TicketTypeId};
+use crate::domain::{Hold, HoldRequest, Millis, Rejection, TicketTypeId};
+use crate::events::Bus;
 use crate::store::{Outcome, StoreError, StoreResult};
 
 /// Requests in one transaction at most.
 const BATCH_MAX: usize = 256;
 
-/// A hold as committed, and the stock of the ticket types it took.
-pub type Taken = (Hold, Vec<ticket_type::Model>);
-
 /// What a request came to.
 pub struct Answer {
-    pub outcome: Outcome<Taken>,
+    pub outcome: Outcome<Hold>,
     /// Sold out while active holds past their `expires_at` still hold stock of the ticket type:
     /// worth expiring them and asking again.
     pub overdue_in_the_way: bool,
@@ -47,9 +46,11 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(db: DatabaseConnection) -> Batcher {
+    /// Starts the task; the new stock of the ticket types a batch took is published on `bus`
+    /// once per batch, after its commit.
+    pub fn start(db: DatabaseConnection, bus: Bus) -> Batcher {
         let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);
-        tokio::spawn(run(db, receiver));
+        tokio::spawn(run(db, bus, receiver));
         Batcher { sender }
     }
 
@@ -69,7 +70,7 @@ impl Batcher {
     }
 }
 
-async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Job>) {
+async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>) {
     while let Some(first) = receiver.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < BATCH_MAX {
@@ -79,7 +80,8 @@ async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Job>) {
             }
         }
         match together(&db, &jobs).await {
-            Ok(answers) => {
+            Ok((answers, stock)) => {
+                publish(&bus, stock);
                 for (job, answer) in jobs.into_iter().zip(answers) {
                     job.reply.send(Ok(answer)).ok();
                 }
@@ -90,7 +92,7 @@ async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Job>) {
                     tracing::warn!(error = %crate::error_chain(&error), jobs = jobs.len(), "a batch of holds failed; running them one by one");
                 }
                 for job in jobs {
-                    let answer = alone(&db, &job.request, job.now).await;
+                    let answer = alone(&db, &bus, &job.request, job.now).await;
                     job.reply.send(answer).ok();
                 }
             }
@@ -117,7 +119,10 @@ enum Failed {
 }
 
 /// Every job in one transaction, committed, or rolled back as a whole.
-async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Answer>, Failed> {
+async fn together(
+    db: &DatabaseConnection,
+    jobs: &[Job],
+) -> Result<(Vec<Answer>, Vec<ticket_type::Model>), Failed> {
     let txn = db
         .begin()
         .await
@@ -135,7 +140,11 @@ async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Answer>, 
 }
 
 /// Decides every job inside `txn` and writes what they take (not committed).
-async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Vec<Answer>> {
+/// Returns the answers and the new stock of the ticket types taken.
+async fn decide_all(
+    txn: &DatabaseTransaction,
+    jobs: &[Job],
+) -> StoreResult<(Vec<Answer>, Vec<ticket_type::Model>)> {
     let ids: BTreeSet<TicketTypeId> = jobs
         .iter()
         .flat_map(|job| job.request.items.keys().copied())
@@ -160,34 +169,30 @@ async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Vec<
     let decisions: Vec<Outcome<Hold>> = jobs.iter().map(|job| ledger.decide(job)).collect();
     let holds: Vec<&Hold> = decisions.iter().filter_map(|d| d.as_ref().ok()).collect();
     queries::insert_holds(txn, &holds).await?;
-    let mut stock = BTreeMap::new();
+    let mut stock = Vec::with_capacity(ledger.taken.len());
     for (id, quantity) in &ledger.taken {
         let model = queries::take_held(txn, *id, *quantity)
             .await?
             .ok_or_else(|| {
                 StoreError::Invariant(format!("ticket type {id} changed under its lock"))
             })?;
-        stock.insert(*id, model);
+        stock.push(model);
     }
     let overdue = overdue_in_the_way(txn, &decisions, now).await?;
-    Ok(decisions
+    let answers = decisions
         .into_iter()
-        .map(|decision| {
-            let overdue_in_the_way = blocked_by(&decision).is_some_and(|id| overdue.contains(&id));
-            let outcome = decision.map(|hold| {
-                let models: Vec<_> = hold
-                    .items
-                    .iter()
-                    .filter_map(|i| stock.get(&i.ticket_type_id).cloned())
-                    .collect();
-                (hold, models)
-            });
-            Answer {
-                outcome,
-                overdue_in_the_way,
-            }
+        .map(|decision| Answer {
+            overdue_in_the_way: blocked_by(&decision).is_some_and(|id| overdue.contains(&id)),
+            outcome: decision,
         })
-        .collect())
+        .collect();
+    Ok((answers, stock))
+}
+
+fn publish(bus: &Bus, stock: Vec<ticket_type::Model>) {
+    for model in stock {
+        bus.publish_availability(availability_of(&model, 0));
+    }
 }
 
 /// The ticket type a refusal was sold out of.
@@ -273,29 +278,25 @@ impl Ledger<'_> {
             *self.taken.entry(*id).or_default() += quantity.get() as i32;
             *self.owned.entry((customer.to_owned(), *id)).or_default() += i64::from(quantity.get());
         }
-        Ok(Hold {
-            id: HoldId::random(),
-            event_id: request.event_id,
-            customer_id: request.customer_id.clone(),
-            status: HoldStatus::Active,
-            items: request.hold_items(),
-            created_at: job.now,
-            expires_at: job.now + request.ttl.as_millis(),
-            ended_at: None,
-            idempotency_key: request.idempotency_key.clone(),
-        })
+        Ok(request.hold_at(job.now))
     }
 }
 
 /// One job in a transaction of its own.
-async fn alone(db: &DatabaseConnection, request: &HoldRequest, now: Millis) -> StoreResult<Answer> {
+async fn alone(
+    db: &DatabaseConnection,
+    bus: &Bus,
+    request: &HoldRequest,
+    now: Millis,
+) -> StoreResult<Answer> {
     let txn = db.begin().await?;
     let outcome = attempt(&txn, request, now).await;
     let outcome = match outcome {
-        Ok(Ok(taken)) => {
+        Ok(Ok((hold, stock))) => {
             txn.commit().await?;
+            publish(bus, stock);
             return Ok(Answer {
-                outcome: Ok(taken),
+                outcome: Ok(hold),
                 overdue_in_the_way: false,
             });
         }
@@ -319,22 +320,12 @@ async fn attempt(
     txn: &DatabaseTransaction,
     request: &HoldRequest,
     now: Millis,
-) -> StoreResult<Outcome<Taken>> {
+) -> StoreResult<Outcome<(Hold, Vec<ticket_type::Model>)>> {
     let stock = match take_stock(txn, request, now).await? {
         Ok(stock) => stock,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let hold = Hold {
-        id: HoldId::random(),
-        event_id: request.event_id,
-        customer_id: request.customer_id.clone(),
-        status: HoldStatus::Active,
-        items: request.hold_items(),
-        created_at: now,
-        expires_at: now + request.ttl.as_millis(),
-        ended_at: None,
-        idempotency_key: request.idempotency_key.clone(),
-    };
+    let hold = request.hold_at(now);
     queries::insert_hold(txn, &hold).await?;
     Ok(Ok((hold, stock)))
 }

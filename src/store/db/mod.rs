@@ -55,7 +55,7 @@ impl DbStore {
     /// A store over a connected and migrated database. Changes are published on `bus` after
     /// they commit; new expiries are scheduled on `wakeup`.
     pub fn new(db: DatabaseConnection, bus: Bus, wakeup: Arc<Wakeup>, limits: Limits) -> DbStore {
-        let holds = batch::Batcher::start(db.clone());
+        let holds = batch::Batcher::start(db.clone(), bus.clone());
         DbStore {
             db,
             bus,
@@ -122,12 +122,13 @@ impl DbStore {
         now: Millis,
     ) -> StoreResult<(Outcome<Hold>, bool)> {
         let answer = self.holds.hold(request.clone(), now).await?;
-        let (hold, stock) = match answer.outcome {
-            Ok(taken) => taken,
+        let hold = match answer.outcome {
+            Ok(hold) => hold,
             Err(rejection) => return Ok((Err(rejection), answer.overdue_in_the_way)),
         };
+        // The batch published the new stock once, after its commit.
         self.wakeup.schedule(hold.expires_at);
-        self.publish(&hold, stock);
+        self.bus.publish_hold(hold.clone());
         tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
         Ok((Ok(hold), false))
     }
