@@ -349,25 +349,30 @@ impl RedisStore {
     }
 
     /// Runs `action` on an active hold (extend, release), waiting out a checkout in flight.
+    /// An extension (`extend_by`) needs the hold's creation time for its lifetime cap, so only
+    /// then is the hold read first.
     async fn change_active(
         &self,
         id: HoldId,
         action: &str,
         now: Millis,
-        extra: impl Fn(&Hold) -> Option<String>,
+        extend_by: Option<TtlSeconds>,
     ) -> StoreResult<Outcome<Hold>> {
         let Some(event) = self.event_of(id).await? else {
             return Ok(Err(Rejection::NotFound { what: "hold" }));
         };
         let deadline = Instant::now() + PINNED_WAIT;
         loop {
-            let Some(current) = self.read_hold(event, id).await? else {
-                return Ok(Err(self.journaled_refusal(id, now).await?));
+            let extra = match extend_by {
+                None => None,
+                Some(ttl) => match self.read_hold(event, id).await? {
+                    Some((hold, _)) => {
+                        Some(hold.extended_expiry(now, ttl, &self.limits).0.to_string())
+                    }
+                    None => return Ok(Err(self.journaled_refusal(id, now).await?)),
+                },
             };
-            match self
-                .change(event, id, action, now, extra(&current.0))
-                .await?
-            {
+            match self.change(event, id, action, now, extra).await? {
                 Changed::Done(hold, revision) => {
                     self.journal.record(hold.clone(), revision).await;
                     if action == "extend" {
@@ -779,15 +784,11 @@ impl HoldStore for RedisStore {
     }
 
     async fn extend(&self, id: HoldId, ttl: TtlSeconds, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let limits = self.limits.clone();
-        self.change_active(id, "extend", now, |hold| {
-            Some(hold.extended_expiry(now, ttl, &limits).0.to_string())
-        })
-        .await
+        self.change_active(id, "extend", now, Some(ttl)).await
     }
 
     async fn release(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let released = self.change_active(id, "release", now, |_| None).await?;
+        let released = self.change_active(id, "release", now, None).await?;
         if let Ok(hold) = &released {
             tracing::info!(hold_id = %hold.id, "hold released");
         }
