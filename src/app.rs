@@ -11,12 +11,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Authenticator, KeyConfig, Role};
 use crate::domain::{Limits, Millis};
 use crate::events::Bus;
 use crate::expiry::Wakeup;
 use crate::expiry::keyspace;
 use crate::expiry::timer::{self, TimerConfig};
 use crate::graphql::{self, QueryLimits, Services};
+use crate::http::WebSettings;
+use crate::metrics::Metrics;
+use crate::rate::HoldRateLimits;
 use crate::store::HoldStore;
 use crate::store::db::{self, DbStore};
 use crate::store::redis::{Journal, RedisSettings, RedisStore, log};
@@ -123,6 +127,90 @@ pub struct Config {
     /// Bound on every Redis command, connecting included, in milliseconds.
     #[arg(long, env = "TICKETHOLD_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u32,
+
+    /// HS256 secret that signs the callers' JWTs (at least 32 bytes).
+    #[arg(long, env = "TICKETHOLD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM file of the public key that verifies the callers' JWTs (instead of a secret), for
+    /// tokens signed by an identity provider.
+    #[arg(long, env = "TICKETHOLD_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Algorithm of the public key's tokens: RS256 (default), RS384, RS512, PS256, ES256,
+    /// ES384 or EdDSA.
+    #[arg(long, env = "TICKETHOLD_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+
+    /// Required `iss` of every token, when set.
+    #[arg(long, env = "TICKETHOLD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of every token, when set.
+    #[arg(long, env = "TICKETHOLD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Development mode: mints tokens for anyone at `/dev/token` and prints an admin token
+    /// (with a random secret unless one is given). Never in production.
+    #[arg(long, env = "TICKETHOLD_DEV")]
+    pub dev: bool,
+
+    /// `holdTickets` one customer may call per minute (a burst may use them all); 0 for no
+    /// limit.
+    #[arg(long, env = "TICKETHOLD_HOLDS_PER_MINUTE_PER_CUSTOMER", default_value_t = 20)]
+    pub holds_per_minute_per_customer: u32,
+
+    /// `holdTickets` one client address may call per minute; 0 for no limit.
+    #[arg(long, env = "TICKETHOLD_HOLDS_PER_MINUTE_PER_ADDRESS", default_value_t = 300)]
+    pub holds_per_minute_per_address: u32,
+
+    /// Take the client's address from the last `X-Forwarded-For` entry (behind a load
+    /// balancer that sets it) rather than from the connection.
+    #[arg(long, env = "TICKETHOLD_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// Subscriptions one WebSocket connection may have open at once.
+    #[arg(
+        long,
+        env = "TICKETHOLD_SUBSCRIPTIONS_PER_CONNECTION_MAX",
+        default_value_t = 32
+    )]
+    pub subscriptions_per_connection_max: usize,
+
+    /// Longest a WebSocket may wait before its `connection_init`, in milliseconds; it is then
+    /// closed.
+    #[arg(
+        long,
+        env = "TICKETHOLD_CONNECTION_INIT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub connection_init_timeout_ms: u32,
+
+    /// Refuse introspection queries (GraphiQL then cannot show the schema).
+    #[arg(long, env = "TICKETHOLD_DISABLE_INTROSPECTION")]
+    pub disable_introspection: bool,
+
+    /// Do not serve the GraphiQL page at `/graphql`.
+    #[arg(long, env = "TICKETHOLD_DISABLE_GRAPHIQL")]
+    pub disable_graphiql: bool,
+}
+
+/// A secret from the configuration: never printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Config {
@@ -164,7 +252,8 @@ pub async fn serve(
         .validate()
         .map_err(anyhow::Error::msg)
         .context("invalid limits")?;
-    let bus = Bus::new(config.bus_capacity);
+    let metrics = Metrics::new();
+    let bus = Bus::new(config.bus_capacity).with_metrics(metrics.clone());
     let wakeup = Arc::new(Wakeup::default());
     let timer_config = TimerConfig {
         sweep_interval: Duration::from_millis(u64::from(config.sweep_interval_ms.max(1))),
@@ -185,19 +274,32 @@ pub async fn serve(
     let timer = timer::run(store.clone(), wakeup, timer_config, shutdown.clone());
     running.tasks.push(tokio::spawn(timer));
 
+    let hold_rate = Arc::new(HoldRateLimits::new(
+        config.holds_per_minute_per_customer,
+        config.holds_per_minute_per_address,
+    ));
+    running.tasks.push(tokio::spawn(forget_idle_rates(
+        hold_rate.clone(),
+        shutdown.clone(),
+    )));
     let services = Services {
         store,
         bus,
         limits,
+        metrics,
+        hold_rate,
         shutdown: shutdown.clone(),
     };
     let query_limits = QueryLimits {
         query_depth_max: config.query_depth_max,
         query_complexity_max: config.query_complexity_max,
+        introspection: !config.disable_introspection,
     };
     let schema = graphql::build_schema(services.clone(), &query_limits);
-    let router = crate::http::router(schema, services);
-    tracing::info!(address = %listener.local_addr()?, "serving GraphQL at /graphql");
+    let web = web_settings(&config, listener.local_addr()?)?;
+    let router = crate::http::router(schema, services, web);
+    tracing::info!(address = %listener.local_addr()?, "serving the buyer's page at / and GraphQL at /graphql");
+    let router = router.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
@@ -206,6 +308,68 @@ pub async fn serve(
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP layer's settings: who is calling, and the limits of WebSocket connections.
+fn web_settings(config: &Config, address: SocketAddr) -> anyhow::Result<WebSettings> {
+    let public_key_pem = match &config.jwt_public_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut secret = config.jwt_secret.as_ref().map(|s| s.0.clone());
+    if config.dev && secret.is_none() && public_key_pem.is_none() {
+        secret = Some(auth::random_secret());
+    }
+    let keys = KeyConfig {
+        secret,
+        public_key_pem,
+        algorithm: config.jwt_algorithm.clone(),
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+    };
+    let authenticator = Authenticator::from_config(&keys).context("invalid JWT settings")?;
+    if config.dev {
+        let admin = authenticator
+            .mint(Role::Admin, "dev-admin", Duration::from_secs(24 * 3600))
+            .context("--dev needs a secret to mint tokens, not a public key")?;
+        tracing::warn!(
+            "DEVELOPMENT MODE: anyone can get a token at /dev/token; never run this in production"
+        );
+        // Printed on stdout, not in the log: a token in a log line is a leak.
+        println!(
+            "Development mode. The buyer's page: http://{address}/\n\
+             Admin token (24 h), for GraphiQL's headers as {{\"Authorization\": \"Bearer <token>\"}}:\n{admin}\n\
+             More tokens: http://{address}/dev/token?role=buyer|admin|service&sub=<name>"
+        );
+    } else if keys.secret.is_none() && keys.public_key_pem.is_none() {
+        tracing::warn!(
+            "no JWT secret or public key is configured: only the catalog can be read; \
+             set TICKETHOLD_JWT_SECRET, or run with --dev for a demo"
+        );
+    }
+    Ok(WebSettings {
+        authenticator,
+        dev: config.dev,
+        trust_forwarded_for: config.trust_forwarded_for,
+        graphiql: !config.disable_graphiql,
+        subscriptions_per_connection_max: config.subscriptions_per_connection_max.max(1),
+        connection_init_timeout: Duration::from_millis(u64::from(
+            config.connection_init_timeout_ms.max(1),
+        )),
+    })
+}
+
+/// Every minute, forgets the rate limits of callers who stopped calling.
+async fn forget_idle_rates(limits: Arc<HoldRateLimits>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => limits.forget_idle(),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// The store of the flow the configuration selects, with the tasks it runs beside the timer.

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::domain::{Availability, EventId, Hold, HoldId, HoldStatus};
+use crate::metrics::Metrics;
 
 /// One committed change.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub enum Topic {
 pub struct Bus {
     topics: Arc<Mutex<HashMap<Topic, broadcast::Sender<Change>>>>,
     capacity: usize,
+    /// Counts and logs the expiries that pass (see `metrics` for what that counts).
+    metrics: Option<Metrics>,
 }
 
 impl Bus {
@@ -49,7 +52,14 @@ impl Bus {
         Bus {
             topics: Arc::default(),
             capacity: capacity.max(1),
+            metrics: None,
         }
+    }
+
+    /// A bus that counts and logs every expiry it carries in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Bus {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<Change> {
@@ -64,6 +74,10 @@ impl Bus {
         let hold = Arc::new(hold);
         self.send(Topic::Hold(hold.id), Change::Hold(hold.clone()));
         if hold.status == HoldStatus::Expired {
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_expired(&hold);
+                tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, expires_at_ms = hold.expires_at.0, "hold expired");
+            }
             self.send(Topic::Expired(hold.event_id), Change::Hold(hold));
         }
     }

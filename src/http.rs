@@ -1,41 +1,113 @@
-//! The axum router: `/graphql` (GraphiQL on GET, queries on POST, subscriptions over
-//! WebSocket with either the `graphql-transport-ws` or the older `graphql-ws` protocol) and
-//! the health checks.
+//! The axum router: the buyer's page at `/`, `/graphql` (GraphiQL on GET, queries on POST,
+//! subscriptions over WebSocket with either the `graphql-transport-ws` or the older
+//! `graphql-ws` protocol), the health checks, `/metrics`, and `/dev/token` in development mode.
+//!
+//! Here each request or connection learns who is calling: the `Authorization` header of a
+//! POST, or the `Authorization` field of a WebSocket's `connection_init` payload (the header of
+//! the upgrade request when the payload has none).
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::body::Body;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::WebSocket;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+    WebSocketUpgrade,
 };
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use tokio::sync::Semaphore;
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
+use crate::auth::{Authenticator, Caller, Role};
+use crate::graphql::caller::ClientAddress;
+use crate::graphql::subscription::SubscriptionSlots;
 use crate::graphql::{AppSchema, Services};
 
 #[derive(Clone)]
 struct AppState {
     schema: AppSchema,
     services: Services,
+    web: Arc<WebSettings>,
+}
+
+/// What the HTTP layer needs beyond the schema.
+pub struct WebSettings {
+    pub authenticator: Authenticator,
+    /// Development mode: `/dev/token` mints tokens for anyone.
+    pub dev: bool,
+    pub trust_forwarded_for: bool,
+    pub graphiql: bool,
+    pub subscriptions_per_connection_max: usize,
+    pub connection_init_timeout: Duration,
 }
 
 /// Largest request body accepted, in bytes.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 
-pub fn router(schema: AppSchema, services: Services) -> Router {
-    Router::new()
-        .route("/", get(|| async { Redirect::temporary("/graphql") }))
+pub fn router(schema: AppSchema, services: Services, web: WebSettings) -> Router {
+    let router = Router::new()
+        .route("/", get(|| asset(Path("index.html".to_owned()))))
+        .route("/assets/{*file}", get(asset))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics));
+    let router = if web.dev {
+        router.route("/dev/token", get(dev_token))
+    } else {
+        router
+    };
+    router
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-        .with_state(AppState { schema, services })
+        .with_state(AppState {
+            schema,
+            services,
+            web: Arc::new(web),
+        })
+}
+
+impl AppState {
+    /// The caller of a request, from its `Authorization` header.
+    fn caller(&self, headers: &HeaderMap) -> Caller {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        self.web.authenticator.caller(authorization)
+    }
+
+    /// The client's address: the connection's peer, or the last `X-Forwarded-For` entry when
+    /// the load balancer in front is trusted to set it.
+    fn client_address(&self, request: &Request) -> Option<ClientAddress> {
+        if self.web.trust_forwarded_for {
+            let forwarded = request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+                .last();
+            if forwarded.is_some() {
+                return forwarded.map(ClientAddress);
+            }
+        }
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>();
+        peer.map(|ConnectInfo(address)| ClientAddress(address.ip()))
+    }
 }
 
 async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let caller = state.caller(request.headers());
+    let address = state.client_address(&request);
     // The GraphQL extractor reads the raw body, which `DefaultBodyLimit` does not bound: read it
     // here, bounded, first.
     let (parts, body) = request.into_parts();
@@ -46,7 +118,14 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     let request = Request::from_parts(parts, Body::from(bytes));
     match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await {
         Ok(request) => {
-            GraphQLResponse::from(state.schema.execute(request.into_inner()).await).into_response()
+            let mut request = request.into_inner().data(caller);
+            if let Some(address) = address {
+                request = request.data(address);
+            }
+            let response = state.schema.execute(request).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            state.services.metrics.request_duration.observe(elapsed);
+            GraphQLResponse::from(response).into_response()
         }
         Err(rejection) => bad_request(&rejection),
     }
@@ -77,6 +156,9 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
     if !upgrade {
+        if !state.web.graphiql {
+            return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
+        }
         let page = GraphiQLSource::build()
             .title("tickethold")
             .endpoint("/graphql")
@@ -93,10 +175,103 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let schema = state.schema.clone();
+    let header_caller = state.caller(&parts.headers);
+    let address = state.client_address(&Request::from_parts(parts, Body::empty()));
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| GraphQLWebSocket::new(socket, schema, protocol).serve())
+        .on_upgrade(move |socket| serve_socket(socket, state, protocol, header_caller, address))
+}
+
+/// Serves one GraphQL WebSocket: who is calling comes from `connection_init`, which must
+/// arrive within the configured timeout; the subscriptions it may open are counted.
+async fn serve_socket(
+    socket: WebSocket,
+    state: AppState,
+    protocol: GraphQLProtocol,
+    header_caller: Caller,
+    address: Option<ClientAddress>,
+) {
+    let initialized = Arc::new(AtomicBool::new(false));
+    let web = state.web.clone();
+    let on_init = {
+        let initialized = initialized.clone();
+        let web = web.clone();
+        move |payload: serde_json::Value| async move {
+            let caller = match init_authorization(&payload) {
+                Some(authorization) => web.authenticator.caller(Some(authorization)),
+                None => header_caller,
+            };
+            if let Caller::Refused(why) = caller {
+                // The client is told why; graphql-ws closes with 4403 Forbidden.
+                return Err(async_graphql::Error::new(format!("not authenticated: {why}")));
+            }
+            let mut data = async_graphql::Data::default();
+            data.insert(caller);
+            data.insert(SubscriptionSlots {
+                permits: Arc::new(Semaphore::new(web.subscriptions_per_connection_max)),
+                max: web.subscriptions_per_connection_max,
+            });
+            if let Some(address) = address {
+                data.insert(address);
+            }
+            initialized.store(true, Ordering::Release);
+            Ok(data)
+        }
+    };
+    let serve = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+        .on_connection_init(on_init)
+        .serve();
+    tokio::pin!(serve);
+    tokio::select! {
+        () = &mut serve => return,
+        () = tokio::time::sleep(web.connection_init_timeout) => {}
+    }
+    if initialized.load(Ordering::Acquire) {
+        serve.await;
+    } else {
+        // Dropping the connection closes it: no subscription without a `connection_init`.
+        tracing::debug!("closed a WebSocket that sent no connection_init in time");
+    }
+}
+
+/// The `Authorization` of a `connection_init` payload (`authorization` and `token`, a bare
+/// token, are accepted too).
+fn init_authorization(payload: &serde_json::Value) -> Option<&str> {
+    ["Authorization", "authorization"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(serde_json::Value::as_str))
+}
+
+/// Prometheus's text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let headers = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
+    (headers, state.services.metrics.render()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    role: Option<String>,
+    sub: Option<String>,
+}
+
+/// Development mode only: a token for anyone who asks (valid 24 hours).
+async fn dev_token(State(state): State<AppState>, Query(query): Query<TokenQuery>) -> Response {
+    let role = match query.role.as_deref().unwrap_or("buyer") {
+        "buyer" => Role::Buyer,
+        "admin" => Role::Admin,
+        "service" => Role::Service,
+        _ => return invalid(StatusCode::BAD_REQUEST, "role: buyer, admin or service".into()),
+    };
+    let sub = query.sub.unwrap_or_else(|| format!("dev-{}", role.as_str()));
+    if sub.is_empty() || sub.len() > 64 {
+        return invalid(StatusCode::BAD_REQUEST, "sub: 1 to 64 characters".into());
+    }
+    let day = Duration::from_secs(24 * 3600);
+    let Some(token) = state.web.authenticator.mint(role, &sub, day) else {
+        return invalid(StatusCode::NOT_FOUND, "no secret to mint tokens with".into());
+    };
+    axum::Json(serde_json::json!({ "token": token, "role": role.as_str(), "sub": sub }))
+        .into_response()
 }
 
 /// Ready when the store answers.
@@ -108,4 +283,20 @@ async fn ready(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
         }
     }
+}
+
+/// The buyer's page (`web/`), embedded in the binary: no build step, no files to deploy.
+#[derive(rust_embed::Embed)]
+#[folder = "web/"]
+struct Assets;
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let Some(asset) = Assets::get(&file) else {
+        return (StatusCode::NOT_FOUND, "no such asset").into_response();
+    };
+    let headers = [
+        (header::CONTENT_TYPE, asset.metadata.mimetype().to_owned()),
+        (header::CACHE_CONTROL, "no-cache".to_owned()),
+    ];
+    (headers, asset.data).into_response()
 }

@@ -3,12 +3,15 @@
 //! See `ARCHITECTURE.md` for the map of the modules and their invariants.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod domain;
 pub mod events;
 pub mod expiry;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
+pub mod rate;
 pub mod store;
 
 /// An error and all its causes on one line, for logs.

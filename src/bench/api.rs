@@ -1,15 +1,27 @@
 //! The bench's GraphQL client over HTTP: the few mutations a flash sale makes, each answer
-//! sorted into an outcome (a hold, a rejection with its `extensions.code`, or a failure).
+//! sorted into an outcome (a hold, a rejection with its `extensions.code`, or a failure). It
+//! signs its own tokens with the server's secret: an admin's for the setup, and one per buyer,
+//! who then holds, checks out and releases as themselves, like a real client.
+
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
+
+use crate::auth::{Authenticator, Role};
 
 /// A client of one server.
 #[derive(Clone)]
 pub struct Api {
     endpoint: String,
     http: reqwest::Client,
+    tokens: Authenticator,
+    /// `Bearer <admin token>`.
+    admin: String,
 }
+
+/// How long the bench's tokens last: longer than any run.
+const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 
 /// How one mutation ended.
 #[derive(Debug)]
@@ -21,28 +33,59 @@ pub enum Outcome {
     Failed(String),
 }
 
-const HOLD: &str = "mutation($e:ID!,$c:ID!,$t:ID!,$q:Int!,$ttl:Int){holdTickets(input:{eventId:$e,\
-    customerId:$c,items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl}){id expiresAt}}";
+const HOLD: &str = "mutation($e:ID!,$t:ID!,$q:Int!,$ttl:Int){holdTickets(input:{eventId:$e,\
+    items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl}){id expiresAt}}";
 const CHECKOUT: &str =
     "mutation($h:ID!,$p:String!){checkout(input:{holdId:$h,paymentReference:$p}){id}}";
 const RELEASE: &str = "mutation($h:ID!){releaseHold(holdId:$h){id status}}";
 
 impl Api {
-    pub fn new(base_url: &str, connections_max: usize) -> anyhow::Result<Api> {
+    /// A client of the server at `base_url`, whose tokens `secret` signs.
+    pub fn new(base_url: &str, connections_max: usize, secret: &str) -> anyhow::Result<Api> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(connections_max)
             .build()
             .context("cannot build the HTTP client")?;
+        let tokens = Authenticator::hs256(secret.as_bytes());
+        let admin = tokens
+            .mint(Role::Admin, "bench-admin", TOKEN_TTL)
+            .context("cannot sign a token")?;
         Ok(Api {
             endpoint: format!("{}/graphql", base_url.trim_end_matches('/')),
             http,
+            tokens,
+            admin: format!("Bearer {admin}"),
         })
     }
 
-    /// Runs a query or mutation and sorts its answer.
+    /// `Bearer <token>` of the buyer `customer`.
+    pub fn buyer(&self, customer: &str) -> String {
+        let token = self.tokens.mint(Role::Buyer, customer, TOKEN_TTL);
+        format!("Bearer {}", token.unwrap_or_default())
+    }
+
+    /// The admin's `Bearer <token>`.
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    /// Runs a query or mutation as an admin and sorts its answer.
     pub async fn call(&self, query: &str, variables: Value, field: &str) -> Outcome {
+        self.call_as(&self.admin, query, variables, field).await
+    }
+
+    /// Runs a query or mutation with `authorization` and sorts its answer.
+    pub async fn call_as(
+        &self,
+        authorization: &str,
+        query: &str,
+        variables: Value,
+        field: &str,
+    ) -> Outcome {
         let body = json!({"query": query, "variables": variables});
-        let response = match self.http.post(&self.endpoint).json(&body).send().await {
+        let request = self.http.post(&self.endpoint).json(&body);
+        let request = request.header("Authorization", authorization);
+        let response = match request.send().await {
             Ok(response) => response,
             Err(error) => return Outcome::Failed(format!("POST /graphql: {error}")),
         };
@@ -108,26 +151,27 @@ impl Api {
         Ok(server - (before + after) / 2)
     }
 
+    /// A hold by the buyer whose `Bearer` token is `buyer`.
     pub async fn hold(
         &self,
+        buyer: &str,
         event: &str,
-        customer: &str,
         ticket_type: &str,
         quantity: u32,
         ttl_secs: u32,
     ) -> Outcome {
-        let variables = json!({"e": event, "c": customer, "t": ticket_type, "q": quantity,
-                               "ttl": ttl_secs});
-        self.call(HOLD, variables, "holdTickets").await
+        let variables = json!({"e": event, "t": ticket_type, "q": quantity, "ttl": ttl_secs});
+        self.call_as(buyer, HOLD, variables, "holdTickets").await
     }
 
-    pub async fn checkout(&self, hold: &str) -> Outcome {
+    pub async fn checkout(&self, buyer: &str, hold: &str) -> Outcome {
         let variables = json!({"h": hold, "p": format!("bench-{hold}")});
-        self.call(CHECKOUT, variables, "checkout").await
+        self.call_as(buyer, CHECKOUT, variables, "checkout").await
     }
 
-    pub async fn release(&self, hold: &str) -> Outcome {
-        self.call(RELEASE, json!({"h": hold}), "releaseHold").await
+    pub async fn release(&self, buyer: &str, hold: &str) -> Outcome {
+        self.call_as(buyer, RELEASE, json!({"h": hold}), "releaseHold")
+            .await
     }
 
     /// `(sold, held)` of a ticket type now.

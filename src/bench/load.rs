@@ -3,6 +3,7 @@
 //! abandon), then the wait for every abandoned hold's `holdExpired`. Measures throughput and
 //! latency, and checks the stock: the winners must match the capacity exactly.
 
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ const ANNOUNCE_GRACE_MS: i64 = 10_000;
 #[derive(Clone, Debug)]
 pub struct Won {
     pub id: String,
+    /// The buyer's `Bearer` token, which checks out or releases the hold.
+    pub buyer: String,
     pub type_index: usize,
     pub expires_at_ms: i64,
 }
@@ -63,10 +66,16 @@ pub struct LoadResult {
 
 /// Runs the flash sale against the server at `url`.
 pub async fn run(url: &str, args: &Args, server: Option<&Server>) -> anyhow::Result<LoadResult> {
-    let api = Api::new(url, args.concurrency)?;
+    let secret = match server {
+        Some(server) => server.secret.clone(),
+        None => args.jwt_secret.as_ref().map(|s| s.0.clone()).context(
+            "--url needs --jwt-secret (the server's TICKETHOLD_JWT_SECRET) to sign the buyers' tokens",
+        )?,
+    };
+    let api = Api::new(url, args.concurrency, &secret)?;
     let offset_ms = api.clock_offset_ms().await?;
     let (event_id, type_ids) = api.setup(args.ticket_types, args.capacity).await?;
-    let watch = Watch::open(url, &event_id).await?;
+    let watch = Watch::open(url, &event_id, api.admin()).await?;
     let cpu_secs_at_start = server.and_then(|s| s.usage()).map(|u| u.cpu_secs);
     let rush = rush(&api, args, &event_id, &type_ids).await;
     let rush_end_ms = now_ms() + offset_ms;
@@ -184,13 +193,13 @@ async fn rush_worker(s: Shared) -> Tally {
             return tally;
         }
         let type_index = (buyer % s.type_ids.len() as u64) as usize;
-        let customer = format!("buyer-{buyer}");
+        let token = s.api.buyer(&format!("buyer-{buyer}"));
         let sent = Instant::now();
         let outcome = s
             .api
             .hold(
+                &token,
                 &s.event_id,
-                &customer,
                 &s.type_ids[type_index],
                 s.args.quantity,
                 s.args.ttl_secs,
@@ -199,7 +208,7 @@ async fn rush_worker(s: Shared) -> Tally {
         record_latency(tally.latency_us.as_mut(), sent.elapsed());
         tally.attempts += 1;
         match outcome {
-            Outcome::Done(hold) => match won(&hold, type_index) {
+            Outcome::Done(hold) => match won(&hold, type_index, token) {
                 Some(won) => tally.winners.push(won),
                 None => fail(
                     &mut tally.failures,
@@ -280,9 +289,10 @@ fn demand(args: &Args) -> Vec<u64> {
         .collect()
 }
 
-fn won(hold: &serde_json::Value, type_index: usize) -> Option<Won> {
+fn won(hold: &serde_json::Value, type_index: usize, buyer: String) -> Option<Won> {
     Some(Won {
         id: hold["id"].as_str()?.to_owned(),
+        buyer,
         type_index,
         expires_at_ms: parse_time_ms(&hold["expiresAt"])?,
     })
@@ -310,25 +320,25 @@ fn fate(k: usize, args: &Args) -> Fate {
 
 async fn act(api: &Api, args: &Args, winners: &[Won]) -> Actions {
     let progress = progress_bar(winners.len() as u64, "checkouts and releases");
-    let jobs: Vec<(String, Fate)> = winners
+    let jobs: Vec<(&Won, Fate)> = winners
         .iter()
         .enumerate()
-        .map(|(k, won)| (won.id.clone(), fate(k, args)))
+        .map(|(k, won)| (won, fate(k, args)))
         .filter(|(_, fate)| *fate != Fate::Abandon)
         .collect();
     progress.inc((winners.len() - jobs.len()) as u64);
     let started = Instant::now();
     let outcomes: Vec<(String, Fate, Outcome)> =
         futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(jobs.into_iter().map(|(id, fate)| {
+            futures::stream::iter(jobs.into_iter().map(|(won, fate)| {
                 let (api, progress) = (api.clone(), progress.clone());
                 async move {
                     let outcome = match fate {
-                        Fate::Checkout => api.checkout(&id).await,
-                        _ => api.release(&id).await,
+                        Fate::Checkout => api.checkout(&won.buyer, &won.id).await,
+                        _ => api.release(&won.buyer, &won.id).await,
                     };
                     progress.inc(1);
-                    (id, fate, outcome)
+                    (won.id.clone(), fate, outcome)
                 }
             })),
             args.concurrency,

@@ -96,6 +96,12 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub ttl_secs: u32,
 
+    /// The JWT secret of the server at `--url`, to sign the buyers' tokens with (servers the
+    /// bench starts get a random one). Give that server no rate limits, or the load from one
+    /// address is refused.
+    #[arg(long, env = "TICKETHOLD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<crate::app::Secret>,
+
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -18,6 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server the bench started, and what must be removed when it stops.
 pub struct Server {
+    /// The JWT secret the server was given, to sign the buyers' tokens with.
+    pub secret: String,
     child: Child,
     addr: SocketAddr,
     log: std::path::PathBuf,
@@ -44,10 +46,14 @@ impl Server {
     pub async fn start(flow: Flow, args: &Args) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        let mut env = vec![(
-            "TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS",
-            "true".to_owned(),
-        )];
+        let secret = crate::auth::random_secret();
+        // The load comes from one address and the buyers are many: no rate limit applies.
+        let mut env = vec![
+            ("TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS", "true".to_owned()),
+            ("TICKETHOLD_JWT_SECRET", secret.clone()),
+            ("TICKETHOLD_HOLDS_PER_MINUTE_PER_ADDRESS", "0".to_owned()),
+            ("TICKETHOLD_HOLDS_PER_MINUTE_PER_CUSTOMER", "0".to_owned()),
+        ];
         let mut database = None;
         let mut redis = None;
         if flow == Flow::Sqlite {
@@ -75,6 +81,7 @@ impl Server {
         let log = dir.path().join("serve.log");
         let child = spawn_serve(&env, addr, &log)?;
         let mut server = Server {
+            secret,
             child,
             addr,
             log,

@@ -52,7 +52,8 @@ const STOCK_QUERY: &str =
 impl Watch {
     /// Connects, subscribes to both streams, and returns once the first stock message arrived
     /// (so both subscriptions are live before the load starts).
-    pub async fn open(base_url: &str, event_id: &str) -> anyhow::Result<Watch> {
+    /// Subscribes with `authorization` (an admin's, who sees every hold's expiry).
+    pub async fn open(base_url: &str, event_id: &str, authorization: &str) -> anyhow::Result<Watch> {
         let ws_url = base_url
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);
@@ -68,7 +69,7 @@ impl Watch {
             .context("cannot open the WebSocket")?;
         send(
             &mut socket,
-            json!({"type": "connection_init", "payload": {}}),
+            json!({"type": "connection_init", "payload": {"Authorization": authorization}}),
         )
         .await?;
         let ack = next_json(&mut socket, Duration::from_secs(10)).await?;

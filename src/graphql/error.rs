@@ -25,7 +25,26 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     Rejected(Rejection),
+    Denied(Denial),
     Failed(StoreError),
+}
+
+/// A call refused for who made it or how often, before anything was done.
+#[derive(Debug)]
+pub enum Denial {
+    /// No token, or one that failed verification (why, in words safe to show).
+    Unauthenticated(&'static str),
+    /// A valid token whose role or subject may not do this.
+    Forbidden(&'static str),
+    RateLimited(crate::rate::Limited),
+    /// The connection already has `--subscriptions-per-connection-max` subscriptions.
+    TooManySubscriptions { max: usize },
+}
+
+impl From<Denial> for ApiError {
+    fn from(denial: Denial) -> ApiError {
+        ApiError::Denied(denial)
+    }
 }
 
 impl From<Rejection> for ApiError {
@@ -50,6 +69,7 @@ impl From<ApiError> for async_graphql::Error {
     fn from(error: ApiError) -> async_graphql::Error {
         match error {
             ApiError::Rejected(rejection) => rejected(&rejection),
+            ApiError::Denied(denial) => denied(&denial),
             ApiError::Failed(failure) => failed(&failure),
         }
     }
@@ -79,6 +99,37 @@ fn rejected(rejection: &Rejection) -> async_graphql::Error {
         Rejection::Invalid(_) | Rejection::NotFound { .. } | Rejection::HoldExpired => {}
     }
     error_with(rejection.to_string(), extensions)
+}
+
+fn denied(denial: &Denial) -> async_graphql::Error {
+    let mut extensions = ErrorExtensionValues::default();
+    let message = match denial {
+        Denial::Unauthenticated(why) => {
+            extensions.set("code", "UNAUTHENTICATED");
+            format!("not authenticated: {why}")
+        }
+        Denial::Forbidden(why) => {
+            extensions.set("code", "FORBIDDEN");
+            format!("forbidden: {why}")
+        }
+        Denial::RateLimited(limited) => {
+            extensions.set("code", "RATE_LIMITED");
+            extensions.set("scope", limited.scope.as_str());
+            // Whole seconds, rounded up: retrying after this many seconds passes.
+            let seconds = limited.retry_after.as_millis().div_ceil(1000).max(1);
+            extensions.set("retryAfterSeconds", seconds as u64);
+            format!(
+                "too many holds from this {}; retry in {seconds} s",
+                limited.scope.as_str()
+            )
+        }
+        Denial::TooManySubscriptions { max } => {
+            extensions.set("code", "TOO_MANY_SUBSCRIPTIONS");
+            extensions.set("max", *max as u64);
+            format!("a connection may have at most {max} subscriptions")
+        }
+    };
+    error_with(message, extensions)
 }
 
 fn failed(failure: &StoreError) -> async_graphql::Error {

@@ -1,12 +1,12 @@
 //! The GraphQL API: query, mutation and subscription roots over a [`HoldStore`], the types
 //! they return, and the one place where errors get their codes.
 
-mod caller;
+pub mod caller;
 pub mod error;
 mod mutation;
 mod parsed;
 mod query;
-mod subscription;
+pub mod subscription;
 pub mod types;
 
 use std::str::FromStr;
@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{InvalidInput, Limits};
 use crate::events::Bus;
+use crate::metrics::Metrics;
+use crate::rate::HoldRateLimits;
 use crate::store::HoldStore;
 use error::ApiError;
 
@@ -32,6 +34,8 @@ pub struct Services {
     pub store: Arc<dyn HoldStore>,
     pub bus: Bus,
     pub limits: Limits,
+    pub metrics: Metrics,
+    pub hold_rate: Arc<HoldRateLimits>,
     /// Cancelled at shutdown: subscriptions end so that connections can close.
     pub shutdown: CancellationToken,
 }
@@ -42,16 +46,23 @@ pub struct QueryLimits {
     /// Deepest selection accepted. GraphiQL's introspection query needs 13.
     pub query_depth_max: usize,
     pub query_complexity_max: usize,
+    /// Serve the schema to introspection queries (GraphiQL needs it).
+    pub introspection: bool,
 }
 
 pub fn build_schema(services: Services, limits: &QueryLimits) -> AppSchema {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    let builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(services)
         .extension(error::ErrorCodes)
         .extension(parsed::ParsedQueries::default())
         .limit_depth(limits.query_depth_max)
-        .limit_complexity(limits.query_complexity_max)
-        .finish()
+        .limit_complexity(limits.query_complexity_max);
+    let builder = if limits.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
+    };
+    builder.finish()
 }
 
 /// The SDL of the schema, as committed in `schema.graphql`.

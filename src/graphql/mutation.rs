@@ -8,9 +8,11 @@ use super::types::{
     CheckoutInput, CreateEventInput, CreateTicketTypeInput, Event, Hold, HoldTicketsInput, Order,
     TicketType,
 };
-use super::{Services, caller, parse_id};
+use super::caller::{self, Access};
+use super::{Services, parse_id};
 use crate::domain::{
-    CheckoutRequest, HoldRequest, Millis, NewTicketType, TicketTypeId, TtlSeconds, bounded_text,
+    CheckoutRequest, HoldRequest, Millis, NewTicketType, Rejection, TicketTypeId, TtlSeconds,
+    bounded_text,
 };
 
 pub struct MutationRoot;
@@ -22,6 +24,7 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: CreateEventInput,
     ) -> async_graphql::Result<Event> {
+        caller::require_admin(ctx)?;
         let services = ctx.data_unchecked::<Services>();
         let name = bounded_text("name", input.name, services.limits.text_len_max)
             .map_err(ApiError::from)?;
@@ -38,6 +41,7 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: CreateTicketTypeInput,
     ) -> async_graphql::Result<TicketType> {
+        caller::require_admin(ctx)?;
         let services = ctx.data_unchecked::<Services>();
         let new = NewTicketType::new(
             parse_id(&input.event_id)?,
@@ -60,7 +64,8 @@ impl MutationRoot {
         input: HoldTicketsInput,
     ) -> async_graphql::Result<Hold> {
         let services = ctx.data_unchecked::<Services>();
-        let customer_id = caller::customer_for_hold(ctx, &input.customer_id)?;
+        let customer_id = caller::customer_for_hold(ctx, input.customer_id.as_ref())?;
+        caller::take_hold_rate(ctx, &customer_id)?;
         let items = input
             .items
             .iter()
@@ -80,8 +85,21 @@ impl MutationRoot {
             &services.limits,
         )
         .map_err(ApiError::from)?;
-        let held = services.store.hold(request, Millis::now()).await;
-        Ok(Hold(settle(held)?))
+        let started = Millis::now();
+        let held = settle(services.store.hold(request, started).await);
+        let hold = match held {
+            Err(ApiError::Rejected(Rejection::SoldOut { .. })) => {
+                services.metrics.sold_out.inc();
+                return Err(held.err().expect("a rejection").into());
+            }
+            held => held?,
+        };
+        // A retry returns the hold made before it began: not a new one.
+        if hold.created_at >= started {
+            services.metrics.holds_created.inc();
+            tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, expires_at_ms = hold.expires_at.0, "hold created");
+        }
+        Ok(Hold(hold))
     }
 
     /// Moves the end of an ACTIVE hold to now + `ttlSeconds` (the default TTL when omitted),
@@ -95,18 +113,21 @@ impl MutationRoot {
         let services = ctx.data_unchecked::<Services>();
         let id = parse_id(&hold_id)?;
         let ttl = TtlSeconds::new(ttl_seconds, &services.limits).map_err(ApiError::from)?;
-        let extended = services.store.extend(id, ttl, Millis::now()).await;
-        Ok(Hold(settle(extended)?))
+        caller::hold_for(ctx, id, Access::Change).await?;
+        let extended = settle(services.store.extend(id, ttl, Millis::now()).await)?;
+        tracing::info!(hold_id = %id, expires_at_ms = extended.expires_at.0, "hold extended");
+        Ok(Hold(extended))
     }
 
     /// Gives the tickets of an ACTIVE hold back to sale.
     async fn release_hold(&self, ctx: &Context<'_>, hold_id: ID) -> async_graphql::Result<Hold> {
         let services = ctx.data_unchecked::<Services>();
-        let released = services
-            .store
-            .release(parse_id(&hold_id)?, Millis::now())
-            .await;
-        Ok(Hold(settle(released)?))
+        let id = parse_id(&hold_id)?;
+        caller::hold_for(ctx, id, Access::Change).await?;
+        let released = settle(services.store.release(id, Millis::now()).await)?;
+        services.metrics.holds_released.inc();
+        tracing::info!(hold_id = %id, "hold released");
+        Ok(Hold(released))
     }
 
     /// Turns an ACTIVE hold into an order. Checking out the same hold again returns the same
@@ -124,7 +145,14 @@ impl MutationRoot {
             &services.limits,
         )
         .map_err(ApiError::from)?;
-        let order = services.store.checkout(request, Millis::now()).await;
-        Ok(Order(settle(order)?))
+        caller::hold_for(ctx, request.hold_id, Access::Checkout).await?;
+        let started = Millis::now();
+        let order = settle(services.store.checkout(request, started).await)?;
+        // A retry returns the order made before it began: not a new one.
+        if order.created_at >= started {
+            services.metrics.holds_confirmed.inc();
+            tracing::info!(hold_id = %order.hold_id, order_id = %order.id, "hold confirmed");
+        }
+        Ok(Order(order))
     }
 }

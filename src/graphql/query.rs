@@ -4,6 +4,7 @@ use async_graphql::{Context, ID, Object};
 
 use super::error::ApiError;
 use super::types::{Availability, DateTime, Event, Hold, Order, TicketType};
+use super::caller::{self, Access};
 use super::{Services, parse_id};
 use crate::domain::{Millis, Rejection};
 
@@ -66,26 +67,29 @@ impl QueryRoot {
         }
     }
 
-    /// A hold in any status, or null if there is none with this id.
+    /// A hold in any status, or null if there is none with this id (or it is another
+    /// buyer's).
     async fn hold(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Hold>> {
-        let services = ctx.data_unchecked::<Services>();
-        let found = services
-            .store
-            .get_hold(parse_id(&id)?, Millis::now())
-            .await
-            .map_err(ApiError::from)?;
-        Ok(found.map(Hold))
+        let id = parse_id(&id)?;
+        match caller::hold_for(ctx, id, Access::Read).await {
+            Ok(hold) => Ok(Some(Hold(hold))),
+            Err(ApiError::Rejected(Rejection::NotFound { .. })) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
-    /// An order, or null if there is none with this id.
+    /// An order, or null if there is none with this id (or it is another buyer's).
     async fn order(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Order>> {
         let services = ctx.data_unchecked::<Services>();
-        let found = services
-            .store
-            .get_order(parse_id(&id)?)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(found.map(Order))
+        let id = parse_id(&id)?;
+        let found = services.store.get_order(id).await.map_err(ApiError::from)?;
+        match found {
+            Some(order) if caller::may_see(ctx, &order.customer_id)? => Ok(Some(Order(order))),
+            _ => {
+                // Whether it exists or is somebody else's, the answer is the same.
+                Ok(None)
+            }
+        }
     }
 
     /// The server's clock, so that clients can correct their own before counting down.

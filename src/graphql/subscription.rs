@@ -6,6 +6,7 @@
 //! [`Bus`]: crate::events::Bus
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{Context, ID, Subscription};
@@ -13,7 +14,11 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::error::ApiError;
+use prometheus::IntGauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::caller::{self, Access};
+use super::error::{ApiError, Denial};
 use super::types::{Availability, HoldCountdown, HoldExpired};
 use super::{Services, parse_id};
 use crate::domain::{EventId, HoldId, HoldStatus, Millis, Rejection, TicketTypeId};
@@ -37,16 +42,11 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = HoldCountdown> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: HoldId = parse_id(&hold_id)?;
+        let slot = Slot::take(ctx, "holdCountdown")?;
         let mut changes = services.bus.subscribe(Topic::Hold(id));
-        let Some(mut hold) = services
-            .store
-            .get_hold(id, Millis::now())
-            .await
-            .map_err(ApiError::from)?
-        else {
-            return Err(ApiError::from(Rejection::NotFound { what: "hold" }).into());
-        };
+        let mut hold = caller::hold_for(ctx, id, Access::Read).await?;
         Ok(async_stream::stream! {
+            let _slot = slot;
             loop {
                 let now = Millis::now();
                 if hold.status.is_terminal() {
@@ -92,7 +92,8 @@ impl SubscriptionRoot {
         })
     }
 
-    /// Every hold of the event that expires, once, when its stock is back on sale.
+    /// Every hold of the event that expires, once, when its stock is back on sale: a buyer's
+    /// own holds only, every hold for an admin or a service.
     async fn hold_expired(
         &self,
         ctx: &Context<'_>,
@@ -100,12 +101,16 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = HoldExpired> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: EventId = parse_id(&event_id)?;
+        let only = caller::only_own(ctx)?;
+        let slot = Slot::take(ctx, "holdExpired")?;
         let mut changes = subscribe_event(&services, id, Topic::Expired(id)).await?;
         Ok(async_stream::stream! {
+            let _slot = slot;
             loop {
                 tokio::select! {
                     change = changes.recv() => match change {
-                        Ok(Change::Hold(hold)) if hold.status == HoldStatus::Expired => {
+                        Ok(Change::Hold(hold)) if hold.status == HoldStatus::Expired
+                            && only.as_deref().is_none_or(|customer| hold.customer_id.as_str() == customer) => {
                             yield HoldExpired::of(&hold);
                         }
                         Ok(_) => {}
@@ -129,10 +134,12 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = Availability> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: EventId = parse_id(&event_id)?;
+        let slot = Slot::take(ctx, "availabilityChanged")?;
         let mut changes = subscribe_event(&services, id, Topic::Stock(id)).await?;
         let current = services.store.event_availability(id, Millis::now()).await;
         let current = current.map_err(ApiError::from)?;
         Ok(async_stream::stream! {
+            let _slot = slot;
             // The newest version sent per ticket type: older snapshots arriving late are dropped.
             let mut sent: HashMap<TicketTypeId, i64> = HashMap::new();
             for availability in current {
@@ -169,6 +176,52 @@ impl SubscriptionRoot {
                 }
             }
         })
+    }
+}
+
+/// The subscriptions a WebSocket connection may still open: `--subscriptions-per-connection-max`
+/// permits, put in the connection's data at `connection_init`.
+#[derive(Clone)]
+pub struct SubscriptionSlots {
+    pub permits: Arc<Semaphore>,
+    pub max: usize,
+}
+
+/// One open subscription: holds a permit of its connection and counts in the gauge of its
+/// field until the stream is dropped.
+struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    gauge: IntGauge,
+}
+
+impl Slot {
+    fn take(ctx: &Context<'_>, field: &str) -> Result<Slot, ApiError> {
+        let services = ctx.data_unchecked::<Services>();
+        let permit = match ctx.data_opt::<SubscriptionSlots>() {
+            Some(slots) => Some(
+                slots
+                    .permits
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Denial::TooManySubscriptions { max: slots.max })?,
+            ),
+            None => None,
+        };
+        let gauge = services
+            .metrics
+            .subscriptions_active
+            .with_label_values(&[field]);
+        gauge.inc();
+        Ok(Slot {
+            _permit: permit,
+            gauge,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -347,8 +347,9 @@ pub struct HoldItemInput {
 #[derive(InputObject)]
 pub struct HoldTicketsInput {
     pub event_id: ID,
-    /// The shop's own id for the buyer.
-    pub customer_id: ID,
+    /// Deprecated: the customer is the subject of the buyer's token. When given, it must be
+    /// that subject (`FORBIDDEN` otherwise).
+    pub customer_id: Option<ID>,
     pub items: Vec<HoldItemInput>,
     /// Seconds until the hold expires; the server's default (`--hold-ttl-secs-default`, 900
     /// unless configured) when omitted.

@@ -8,12 +8,17 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use tickethold::auth::Role;
+
+use crate::support::client::Client;
 use crate::support::{self, TestDb, TestServer};
 
 /// A server with two events, each with one ticket type, and one hold (with an idempotency key)
 /// on the first: the world that no bad request may change.
 struct World {
     server: TestServer,
+    /// The buyer `CUSTOMER`, who holds.
+    buyer: Client,
     event_id: String,
     other_event_id: String,
     ticket_type_id: String,
@@ -30,13 +35,11 @@ impl World {
         let other_event_id = server.create_event("Side Stage").await;
         let ticket_type_id = server.create_ticket_type(&event_id, 10, None).await;
         let other_ticket_type_id = server.create_ticket_type(&other_event_id, 5, None).await;
-        let r = server
+        let buyer = server.as_buyer(CUSTOMER);
+        let r = buyer
             .gql(
                 HOLD,
-                hold_vars(
-                    &event_id,
-                    CUSTOMER,
-                    &[(&ticket_type_id, 1)],
+                hold_vars(&event_id, &[(&ticket_type_id, 1)],
                     Some(IDEMPOTENCY_KEY),
                 ),
             )
@@ -47,6 +50,7 @@ impl World {
             .to_owned();
         World {
             server,
+            buyer,
             event_id,
             other_event_id,
             ticket_type_id,
@@ -73,7 +77,12 @@ impl World {
     /// Sends one bad request and checks that it fails with `code` and changes nothing.
     async fn check(&self, case: &Case) {
         let before = self.snapshot().await;
-        let response = self.server.gql(&case.query, case.variables.clone()).await;
+        let client = match (&case.subject, case.caller) {
+            (Some(subject), role) => self.server.as_role(role, subject),
+            (None, Role::Buyer) => self.buyer.clone(),
+            (None, _) => (*self.server).clone(),
+        };
+        let response = client.gql(&case.query, case.variables.clone()).await;
         assert_eq!(
             support::error_code(&response).as_deref(),
             Some(case.code),
@@ -101,8 +110,11 @@ impl World {
     }
 }
 
-/// One bad request and the code it must get.
+/// One bad request, who sends it (the buyer `CUSTOMER` or an admin, or this role with a token
+/// for `subject`), and the code it must get.
 struct Case {
+    caller: Role,
+    subject: Option<String>,
     label: &'static str,
     query: String,
     variables: Value,
@@ -116,6 +128,8 @@ fn case(
     code: &'static str,
 ) -> Case {
     Case {
+        caller: Role::Buyer,
+        subject: None,
         label,
         query: query.into(),
         variables,
@@ -123,23 +137,31 @@ fn case(
     }
 }
 
+/// The same case, sent by an admin (the catalog's cases).
+fn by_admin(case: Case) -> Case {
+    Case {
+        caller: Role::Admin,
+        ..case
+    }
+}
+
 const INVALID: &str = "INVALID_INPUT";
 const NOT_FOUND: &str = "NOT_FOUND";
 
-const HOLD: &str = "mutation($e:ID!,$c:ID!,$items:[HoldItemInput!]!,$ttl:Int,$key:String)\
-                    {holdTickets(input:{eventId:$e,customerId:$c,items:$items,ttlSeconds:$ttl,\
+const HOLD: &str = "mutation($e:ID!,$items:[HoldItemInput!]!,$ttl:Int,$key:String)\
+                    {holdTickets(input:{eventId:$e,items:$items,ttlSeconds:$ttl,\
                     idempotencyKey:$key}){id status}}";
 
-fn hold_vars(event_id: &str, customer: &str, items: &[(&str, i64)], key: Option<&str>) -> Value {
+fn hold_vars(event_id: &str, items: &[(&str, i64)], key: Option<&str>) -> Value {
     let items: Vec<Value> = items
         .iter()
         .map(|(id, quantity)| json!({"ticketTypeId": id, "quantity": quantity}))
         .collect();
-    json!({"e": event_id, "c": customer, "items": items, "key": key})
+    json!({"e": event_id, "items": items, "key": key})
 }
 
 fn hold_with_ttl(event_id: &str, ticket_type_id: &str, ttl: i64) -> Value {
-    let mut vars = hold_vars(event_id, "c-ttl", &[(ticket_type_id, 1)], None);
+    let mut vars = hold_vars(event_id, &[(ticket_type_id, 1)], None);
     vars["ttl"] = json!(ttl);
     vars
 }
@@ -147,7 +169,7 @@ fn hold_with_ttl(event_id: &str, ticket_type_id: &str, ttl: i64) -> Value {
 /// `holdTickets` with the quantity written literally in the query, not as a variable.
 fn hold_literal_quantity(event_id: &str, ticket_type_id: &str, quantity: &str) -> String {
     format!(
-        "mutation{{holdTickets(input:{{eventId:\"{event_id}\",customerId:\"c-lit\",\
+        "mutation{{holdTickets(input:{{eventId:\"{event_id}\",\
          items:[{{ticketTypeId:\"{ticket_type_id}\",quantity:{quantity}}}]}}){{id}}}}"
     )
 }
@@ -161,44 +183,48 @@ crate::on_both_flows!(bad_holds_are_refused_with_their_code_and_change_nothing);
 async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestServer) {
     let world = World::new(server).await;
     let (e, t) = (world.event_id.as_str(), world.ticket_type_id.as_str());
-    let one = |customer: &str| hold_vars(e, customer, &[(t, 1)], None);
+    // A hold by a buyer whose token names `subject`.
+    let by = |subject: &str, code| Case {
+        subject: Some(subject.to_owned()),
+        ..case("a hold", HOLD, hold_vars(e, &[(t, 1)], None), code)
+    };
     let twenty_one: Vec<(&str, i64)> = (0..21).map(|_| (t, 1)).collect();
 
     let cases = [
         case(
             "quantity 0",
             HOLD,
-            hold_vars(e, "c", &[(t, 0)], None),
+            hold_vars(e, &[(t, 0)], None),
             INVALID,
         ),
         case(
             "quantity -1",
             HOLD,
-            hold_vars(e, "c", &[(t, -1)], None),
+            hold_vars(e, &[(t, -1)], None),
             INVALID,
         ),
         case(
             "quantity 1000000",
             HOLD,
-            hold_vars(e, "c", &[(t, 1_000_000)], None),
+            hold_vars(e, &[(t, 1_000_000)], None),
             INVALID,
         ),
         case(
             "quantity 3 and -1 of one type",
             HOLD,
-            hold_vars(e, "c", &[(t, 3), (t, -1)], None),
+            hold_vars(e, &[(t, 3), (t, -1)], None),
             INVALID,
         ),
         case(
             "quantity 60 + 60 of one type",
             HOLD,
-            hold_vars(e, "c", &[(t, 60), (t, 60)], None),
+            hold_vars(e, &[(t, 60), (t, 60)], None),
             INVALID,
         ),
         case(
             "quantity above i32, as a variable",
             HOLD,
-            hold_vars(e, "c", &[(t, 99_999_999_999)], None),
+            hold_vars(e, &[(t, 99_999_999_999)], None),
             INVALID,
         ),
         case(
@@ -222,37 +248,37 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
         case(
             "unknown ticket type",
             HOLD,
-            hold_vars(e, "c", &[(&unknown_id(), 1)], None),
+            hold_vars(e, &[(&unknown_id(), 1)], None),
             NOT_FOUND,
         ),
         case(
             "ticket type of another event",
             HOLD,
-            hold_vars(e, "c", &[(&world.other_ticket_type_id, 1)], None),
+            hold_vars(e, &[(&world.other_ticket_type_id, 1)], None),
             NOT_FOUND,
         ),
         case(
             "one known and one unknown ticket type",
             HOLD,
-            hold_vars(e, "c", &[(t, 1), (&unknown_id(), 1)], None),
+            hold_vars(e, &[(t, 1), (&unknown_id(), 1)], None),
             NOT_FOUND,
         ),
         case(
             "unknown event",
             HOLD,
-            hold_vars(&unknown_id(), "c", &[(t, 1)], None),
+            hold_vars(&unknown_id(), &[(t, 1)], None),
             NOT_FOUND,
         ),
         case(
             "malformed event id",
             HOLD,
-            hold_vars("nope", "c", &[(t, 1)], None),
+            hold_vars("nope", &[(t, 1)], None),
             INVALID,
         ),
         case(
             "malformed ticket type id",
             HOLD,
-            hold_vars(e, "c", &[("nope", 1)], None),
+            hold_vars(e, &[("nope", 1)], None),
             INVALID,
         ),
         case("ttl 0", HOLD, hold_with_ttl(e, t, 0), INVALID),
@@ -264,34 +290,42 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
             hold_with_ttl(e, t, 1_000_000_000_000),
             INVALID,
         ),
-        case("no items", HOLD, hold_vars(e, "c", &[], None), INVALID),
+        case("no items", HOLD, hold_vars(e, &[], None), INVALID),
         case(
             "21 items",
             HOLD,
-            hold_vars(e, "c", &twenty_one, None),
+            hold_vars(e, &twenty_one, None),
             INVALID,
         ),
-        case("empty customerId", HOLD, one(""), INVALID),
-        case("blank customerId", HOLD, one("   "), INVALID),
+        Case {
+            label: "a token with an empty subject",
+            ..by("", "UNAUTHENTICATED")
+        },
+        Case {
+            label: "a token with a blank subject",
+            ..by("   ", INVALID)
+        },
+        Case {
+            label: "a token with a subject of 129 bytes",
+            ..by(&"c".repeat(129), INVALID)
+        },
         case(
-            "customerId of 129 bytes",
-            HOLD,
-            one(&"c".repeat(129)),
-            INVALID,
+            "a customerId other than the token's subject",
+            "mutation($e:ID!,$t:ID!){holdTickets(input:{eventId:$e,customerId:\"mallory\",\
+             items:[{ticketTypeId:$t,quantity:1}]}){id}}",
+            json!({"e": e, "t": t}),
+            "FORBIDDEN",
         ),
         case(
             "idempotency key reused for other items",
             HOLD,
-            hold_vars(e, CUSTOMER, &[(t, 2)], Some(IDEMPOTENCY_KEY)),
+            hold_vars(e, &[(t, 2)], Some(IDEMPOTENCY_KEY)),
             INVALID,
         ),
         case(
             "idempotency key reused for another event",
             HOLD,
-            hold_vars(
-                &world.other_event_id,
-                CUSTOMER,
-                &[(&world.other_ticket_type_id, 1)],
+            hold_vars(&world.other_event_id, &[(&world.other_ticket_type_id, 1)],
                 Some(IDEMPOTENCY_KEY),
             ),
             INVALID,
@@ -299,12 +333,12 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
         case(
             "empty idempotency key",
             HOLD,
-            hold_vars(e, "c", &[(t, 1)], Some("")),
+            hold_vars(e, &[(t, 1)], Some("")),
             INVALID,
         ),
         case(
             "missing items",
-            "mutation($e:ID!){holdTickets(input:{eventId:$e,customerId:\"c\"}){id}}",
+            "mutation($e:ID!){holdTickets(input:{eventId:$e}){id}}",
             json!({"e": e}),
             INVALID,
         ),
@@ -314,10 +348,10 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
     }
     // The one retry that is not bad: the same key and items give back the same hold.
     let r = world
-        .server
+        .buyer
         .gql(
             HOLD,
-            hold_vars(e, CUSTOMER, &[(t, 1)], Some(IDEMPOTENCY_KEY)),
+            hold_vars(e, &[(t, 1)], Some(IDEMPOTENCY_KEY)),
         )
         .await;
     assert_eq!(
@@ -512,7 +546,7 @@ async fn bad_events_and_ticket_types_are_refused_and_change_nothing(server: Test
             INVALID,
         ),
     ];
-    for case in &cases {
+    for case in &cases.map(by_admin) {
         world.check(case).await;
     }
 }

@@ -149,6 +149,7 @@ async fn a_short_hold_counts_down_expires_once_and_its_tickets_come_back(server:
 async fn holds_are_extended_released_and_checked_out_with_their_countdowns(server: TestServer) {
     let event = server.create_event("Match").await;
     let ticket_type = server.create_ticket_type(&event, 5, Some(4)).await;
+    let bob = server.as_buyer("bob");
 
     // Extend, then release: the countdown follows and ends RELEASED.
     let first = server.hold(&event, "bob", &ticket_type, 2, Some(30)).await;
@@ -169,7 +170,7 @@ async fn holds_are_extended_released_and_checked_out_with_their_countdowns(serve
         (28..=30).contains(&tick["secondsLeft"].as_u64().unwrap()),
         "{tick}"
     );
-    let extended = server
+    let extended = bob
         .gql(
             "mutation($h:ID!){extendHold(holdId:$h,ttlSeconds:600){secondsLeft}}",
             json!({"h": first_id}),
@@ -191,7 +192,7 @@ async fn holds_are_extended_released_and_checked_out_with_their_countdowns(serve
         }
         assert!(seconds_left <= 30, "{tick}");
     }
-    let released = server
+    let released = bob
         .gql(
             "mutation($h:ID!){releaseHold(holdId:$h){status secondsLeft}}",
             json!({"h": first_id}),
@@ -206,7 +207,7 @@ async fn holds_are_extended_released_and_checked_out_with_their_countdowns(serve
         countdown.next_within(WAIT).await,
         Some(Next::Complete)
     ));
-    let again = server
+    let again = bob
         .gql(
             "mutation($h:ID!){releaseHold(holdId:$h){id}}",
             json!({"h": first_id}),
@@ -231,7 +232,7 @@ async fn holds_are_extended_released_and_checked_out_with_their_countdowns(serve
     let checkout = "mutation($h:ID!){checkout(input:{holdId:$h,paymentReference:\"pay-42\"})\
                     {id holdId customerId paymentReference totalCents createdAt \
                     items{ticketTypeId quantity unitPriceCents}}}";
-    let order = server.gql(checkout, json!({"h": second_id})).await;
+    let order = bob.gql(checkout, json!({"h": second_id})).await;
     let order = data(&order)["checkout"].clone();
     assert_eq!(order["holdId"], second_id.as_str());
     assert_eq!(order["customerId"], "bob");
@@ -241,7 +242,7 @@ async fn holds_are_extended_released_and_checked_out_with_their_countdowns(serve
         order["items"],
         json!([{"ticketTypeId": ticket_type, "quantity": 3, "unitPriceCents": 4500}])
     );
-    let retry = server.gql(checkout, json!({"h": second_id})).await;
+    let retry = bob.gql(checkout, json!({"h": second_id})).await;
     assert_eq!(
         data(&retry)["checkout"]["id"],
         order["id"],
@@ -255,7 +256,7 @@ async fn holds_are_extended_released_and_checked_out_with_their_countdowns(serve
         Some(Next::Complete)
     ));
 
-    let read = server
+    let read = bob
         .gql(
             "query($h:ID!,$o:ID!){hold(id:$h){status order{id}} order(id:$o){holdId} serverTime}",
             json!({"h": second_id, "o": order["id"]}),

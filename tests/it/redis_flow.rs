@@ -387,10 +387,12 @@ async fn buy(
     let mut n = 0;
     while Instant::now() < end {
         n += 1;
-        let hold = "mutation($e:ID!,$c:ID!,$t:ID!){holdTickets(input:{eventId:$e,customerId:$c,\
+        let hold = "mutation($e:ID!,$t:ID!){holdTickets(input:{eventId:$e,\
                     items:[{ticketTypeId:$t,quantity:1}],ttlSeconds:1}){id expiresAt}}";
-        let vars = json!({"e": event, "c": format!("b{buyer}-{n}"), "t": ticket_type});
-        let Ok(response) = current.try_gql(hold, vars).await else {
+        let vars = json!({"e": event, "t": ticket_type});
+        // A customer per hold, so that no per-customer limit gets in the way.
+        let as_buyer = current.as_buyer(&format!("b{buyer}-{n}"));
+        let Ok(response) = as_buyer.try_gql(hold, vars).await else {
             current = client.next().expect("a client");
             continue;
         };
@@ -410,7 +412,7 @@ async fn buy(
             1 => "mutation($h:ID!){releaseHold(holdId:$h){id}}",
             _ => continue,
         };
-        if let Ok(ended) = current.try_gql(end_it, json!({"h": id})).await
+        if let Ok(ended) = as_buyer.try_gql(end_it, json!({"h": id})).await
             && ended.get("errors").is_none()
         {
             ledger.lock().unwrap().ended.insert(id);

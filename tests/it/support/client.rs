@@ -1,20 +1,48 @@
-//! A GraphQL client over HTTP, with shorthands for the calls most tests make.
+//! A GraphQL client over HTTP, with shorthands for the calls most tests make. It calls as an
+//! admin (who sets up the catalog and reads every hold) unless told to call as someone else;
+//! holds are taken as the buyer they are for.
 
 use serde_json::{Value, json};
+use tickethold::auth::Role;
 
 #[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// The `Authorization` header sent, if any.
+    authorization: Option<String>,
 }
 
 impl Client {
-    /// A client of the server at `base` (`http://127.0.0.1:PORT`).
+    /// A client of the server at `base` (`http://127.0.0.1:PORT`), calling as an admin.
     pub fn new(base: String) -> Client {
         Client {
             base,
             http: reqwest::Client::new(),
+            authorization: Some(format!("Bearer {}", super::token(Role::Admin, "admin"))),
         }
+    }
+
+    /// The same server, called with `authorization` (`None`: no header at all).
+    pub fn with_authorization(&self, authorization: Option<String>) -> Client {
+        Client {
+            authorization,
+            ..self.clone()
+        }
+    }
+
+    /// The same server, called with a token of `role` for `subject`.
+    pub fn as_role(&self, role: Role, subject: &str) -> Client {
+        self.with_authorization(Some(format!("Bearer {}", super::token(role, subject))))
+    }
+
+    /// The same server, called by the buyer `customer`.
+    pub fn as_buyer(&self, customer: &str) -> Client {
+        self.as_role(Role::Buyer, customer)
+    }
+
+    pub fn anonymous(&self) -> Client {
+        self.with_authorization(None)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -37,9 +65,11 @@ impl Client {
 
     /// `gql`, but a server that cannot be reached is an `Err`, as a load balancer would see it.
     pub async fn try_gql(&self, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
-        let response = self
-            .http
-            .post(self.url("/graphql"))
+        let mut request = self.http.post(self.url("/graphql"));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let response = request
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await?;
@@ -79,7 +109,7 @@ impl Client {
             .to_owned()
     }
 
-    /// `holdTickets` of one item; returns the whole response.
+    /// `holdTickets` of one item by the buyer `customer_id`; returns the whole response.
     pub async fn hold(
         &self,
         event_id: &str,
@@ -88,14 +118,14 @@ impl Client {
         quantity: i64,
         ttl_seconds: Option<i64>,
     ) -> Value {
-        self.gql(
-            "mutation($e:ID!,$c:ID!,$t:ID!,$q:Int!,$ttl:Int){holdTickets(input:{eventId:$e,\
-             customerId:$c,items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl})\
-             {id status expiresAt secondsLeft items{ticketTypeId quantity}}}",
-            json!({"e": event_id, "c": customer_id, "t": ticket_type_id, "q": quantity,
-                   "ttl": ttl_seconds}),
-        )
-        .await
+        self.as_buyer(customer_id)
+            .gql(
+                "mutation($e:ID!,$t:ID!,$q:Int!,$ttl:Int){holdTickets(input:{eventId:$e,\
+                 items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl})\
+                 {id status expiresAt secondsLeft items{ticketTypeId quantity}}}",
+                json!({"e": event_id, "t": ticket_type_id, "q": quantity, "ttl": ttl_seconds}),
+            )
+            .await
     }
 
     /// A hold read back by id (`null` if there is none).

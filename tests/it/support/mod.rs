@@ -14,7 +14,30 @@ pub use redis::{RedisCluster, RedisServer};
 pub use server::TestServer;
 pub use ws::{Protocol, Subscription};
 
+use std::time::Duration;
+
 use serde_json::Value;
+use tickethold::auth::{Authenticator, Role};
+
+/// The JWT secret of every server the tests start.
+pub const TEST_SECRET: &str = "tickethold-tests-secret-of-32-bytes-or-more";
+
+/// A token signed with [`TEST_SECRET`], valid for an hour.
+pub fn token(role: Role, subject: &str) -> String {
+    Authenticator::hs256(TEST_SECRET.as_bytes())
+        .mint(role, subject, Duration::from_secs(3600))
+        .expect("a token")
+}
+
+/// The environment that gives a real `tickethold serve` the tests' secret and no rate limits
+/// (tests that check the limits set their own).
+pub fn auth_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("TICKETHOLD_JWT_SECRET", TEST_SECRET.to_owned()),
+        ("TICKETHOLD_HOLDS_PER_MINUTE_PER_CUSTOMER", "0".to_owned()),
+        ("TICKETHOLD_HOLDS_PER_MINUTE_PER_ADDRESS", "0".to_owned()),
+    ]
+}
 
 /// `extensions.code` of the first error of a GraphQL response, if any.
 pub fn error_code(response: &Value) -> Option<String> {

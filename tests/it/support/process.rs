@@ -24,8 +24,9 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `tickethold serve` with `env` (DATABASE_URL, REDIS_URL, ...), logging to a file in
-    /// `dir`, and waits until it is ready.
+    /// Starts `tickethold serve` with the tests' JWT secret, no rate limits and `env`
+    /// (DATABASE_URL, REDIS_URL, ...; it overrides the former), logging to a file in `dir`, and
+    /// waits until it is ready.
     pub async fn start(env: &[(&str, String)], dir: &Path) -> Process {
         // A free port can be taken by someone else before the server binds it: try another.
         for _ in 0..3 {
@@ -127,6 +128,7 @@ fn spawn_serve(env: &[(&str, String)], addr: SocketAddr, log: &Path) -> Child {
     let err: File = out.try_clone().expect("clone the log handle");
     Command::new(BINARY)
         .arg("serve")
+        .envs(super::auth_env())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("TICKETHOLD_LISTEN", addr.to_string())
         .stdin(Stdio::null())

@@ -17,7 +17,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(database_url: &str) -> TestServer {
-        TestServer::start_with(Config::with_database(database_url)).await
+        TestServer::start_with(test_config(database_url)).await
     }
 
     /// The Redis flow over `database_url` and the Redis at `redis_url`, in `namespace`.
@@ -25,7 +25,10 @@ impl TestServer {
         TestServer::start_with(redis_config(database_url, redis_url, namespace)).await
     }
 
-    pub async fn start_with(config: Config) -> TestServer {
+    /// Serves with `config`, given the tests' JWT secret (rate limits stay as `config` says:
+    /// see [`test_config`]).
+    pub async fn start_with(mut config: Config) -> TestServer {
+        config.jwt_secret = Some(app::Secret(super::TEST_SECRET.to_owned()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -76,9 +79,18 @@ impl std::ops::Deref for TestServer {
     }
 }
 
+/// The configuration of most tests: the defaults, without rate limits (which the contention
+/// tests would hit at once; the tests of the limits set them).
+pub fn test_config(database_url: &str) -> Config {
+    let mut config = Config::with_database(database_url);
+    config.holds_per_minute_per_customer = 0;
+    config.holds_per_minute_per_address = 0;
+    config
+}
+
 /// A configuration of the Redis flow, with short intervals for tests.
 pub fn redis_config(database_url: &str, redis_url: &str, namespace: &str) -> Config {
-    let mut config = Config::with_database(database_url);
+    let mut config = test_config(database_url);
     config.redis_url = Some(redis_url.to_owned());
     config.redis_namespace = namespace.to_owned();
     config.redis_journal_interval_ms = 20;

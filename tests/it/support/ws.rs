@@ -45,9 +45,23 @@ pub enum Next {
 }
 
 impl Subscription {
+    /// Subscribes as an admin, who may watch every hold.
     pub async fn open(
         addr: SocketAddr,
         protocol: Protocol,
+        query: &str,
+        variables: Value,
+    ) -> Subscription {
+        let token = super::token(tickethold::auth::Role::Admin, "admin");
+        let init = json!({"Authorization": format!("Bearer {token}")});
+        Subscription::open_with(addr, protocol, init, query, variables).await
+    }
+
+    /// Subscribes with `init` as the `connection_init` payload.
+    pub async fn open_with(
+        addr: SocketAddr,
+        protocol: Protocol,
+        init: Value,
         query: &str,
         variables: Value,
     ) -> Subscription {
@@ -61,7 +75,7 @@ impl Subscription {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("connect");
-        let init = json!({"type": "connection_init", "payload": {}});
+        let init = json!({"type": "connection_init", "payload": init});
         socket
             .send(Message::text(init.to_string()))
             .await
