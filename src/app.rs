@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::BoolishValueParser;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -99,7 +100,7 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// The Redis URL is a node of a Redis Cluster (implied by several URLs).
-    #[arg(long, env = "TICKETHOLD_REDIS_CLUSTER")]
+    #[arg(long, env = "TICKETHOLD_REDIS_CLUSTER", value_parser = BoolishValueParser::new())]
     pub redis_cluster: bool,
 
     /// Prefix of every Redis key, so that deployments can share one Redis.
@@ -108,7 +109,7 @@ pub struct Config {
 
     /// Set `notify-keyspace-events` to include `Ex` when it does not (needs CONFIG, which
     /// managed Redis services forbid; without notifications holds expire through the sweep).
-    #[arg(long, env = "TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS")]
+    #[arg(long, env = "TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS", value_parser = BoolishValueParser::new())]
     pub redis_configure_keyspace_events: bool,
 
     /// Longest a hold change waits before it is journaled to the database, in milliseconds
@@ -152,21 +153,29 @@ pub struct Config {
 
     /// Development mode: mints tokens for anyone at `/dev/token` and prints an admin token
     /// (with a random secret unless one is given). Never in production.
-    #[arg(long, env = "TICKETHOLD_DEV")]
+    #[arg(long, env = "TICKETHOLD_DEV", value_parser = BoolishValueParser::new())]
     pub dev: bool,
 
     /// `holdTickets` one customer may call per minute (a burst may use them all); 0 for no
     /// limit.
-    #[arg(long, env = "TICKETHOLD_HOLDS_PER_MINUTE_PER_CUSTOMER", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "TICKETHOLD_HOLDS_PER_MINUTE_PER_CUSTOMER",
+        default_value_t = 20
+    )]
     pub holds_per_minute_per_customer: u32,
 
     /// `holdTickets` one client address may call per minute; 0 for no limit.
-    #[arg(long, env = "TICKETHOLD_HOLDS_PER_MINUTE_PER_ADDRESS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "TICKETHOLD_HOLDS_PER_MINUTE_PER_ADDRESS",
+        default_value_t = 300
+    )]
     pub holds_per_minute_per_address: u32,
 
     /// Take the client's address from the last `X-Forwarded-For` entry (behind a load
     /// balancer that sets it) rather than from the connection.
-    #[arg(long, env = "TICKETHOLD_TRUST_FORWARDED_FOR")]
+    #[arg(long, env = "TICKETHOLD_TRUST_FORWARDED_FOR", value_parser = BoolishValueParser::new())]
     pub trust_forwarded_for: bool,
 
     /// Subscriptions one WebSocket connection may have open at once.
@@ -187,11 +196,11 @@ pub struct Config {
     pub connection_init_timeout_ms: u32,
 
     /// Refuse introspection queries (GraphiQL then cannot show the schema).
-    #[arg(long, env = "TICKETHOLD_DISABLE_INTROSPECTION")]
+    #[arg(long, env = "TICKETHOLD_DISABLE_INTROSPECTION", value_parser = BoolishValueParser::new())]
     pub disable_introspection: bool,
 
     /// Do not serve the GraphiQL page at `/graphql`.
-    #[arg(long, env = "TICKETHOLD_DISABLE_GRAPHIQL")]
+    #[arg(long, env = "TICKETHOLD_DISABLE_GRAPHIQL", value_parser = BoolishValueParser::new())]
     pub disable_graphiql: bool,
 }
 
@@ -319,7 +328,12 @@ fn web_settings(config: &Config, address: SocketAddr) -> anyhow::Result<WebSetti
         ),
         None => None,
     };
-    let mut secret = config.jwt_secret.as_ref().map(|s| s.0.clone());
+    // An empty secret (a variable set to nothing) is no secret.
+    let mut secret = config
+        .jwt_secret
+        .as_ref()
+        .map(|s| s.0.clone())
+        .filter(|s| !s.is_empty());
     if config.dev && secret.is_none() && public_key_pem.is_none() {
         secret = Some(auth::random_secret());
     }

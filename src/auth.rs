@@ -47,7 +47,10 @@ impl Role {
 pub enum Caller {
     Anonymous,
     /// A verified token: its role and its `sub`.
-    Token { role: Role, subject: String },
+    Token {
+        role: Role,
+        subject: String,
+    },
     /// A token was presented and refused: why, in words safe to show (never the token).
     Refused(&'static str),
 }
@@ -184,7 +187,9 @@ impl Authenticator {
             }
             Err(error) => Caller::Refused(match error.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "the token's signature is invalid",
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    "the token's signature is invalid"
+                }
                 _ => "the token is invalid",
             }),
         }
@@ -209,5 +214,9 @@ impl Authenticator {
 
 /// A random secret for `--dev` without one: tokens then last as long as the process.
 pub fn random_secret() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }

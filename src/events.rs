@@ -42,7 +42,7 @@ pub enum Topic {
 pub struct Bus {
     topics: Arc<Mutex<HashMap<Topic, broadcast::Sender<Change>>>>,
     capacity: usize,
-    /// Counts and logs the expiries that pass (see `metrics` for what that counts).
+    /// Counts the expiries that pass (see `metrics` for what that counts).
     metrics: Option<Metrics>,
 }
 
@@ -56,7 +56,7 @@ impl Bus {
         }
     }
 
-    /// A bus that counts and logs every expiry it carries in `metrics`.
+    /// A bus that counts every expiry it carries in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Bus {
         self.metrics = Some(metrics);
         self
@@ -76,7 +76,6 @@ impl Bus {
         if hold.status == HoldStatus::Expired {
             if let Some(metrics) = &self.metrics {
                 metrics.observe_expired(&hold);
-                tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, expires_at_ms = hold.expires_at.0, "hold expired");
             }
             self.send(Topic::Expired(hold.event_id), Change::Hold(hold));
         }

@@ -22,9 +22,9 @@ use axum::extract::{
     WebSocketUpgrade,
 };
 use axum::http::{HeaderMap, StatusCode, header};
-use tokio::sync::Semaphore;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::Semaphore;
 
 use crate::auth::{Authenticator, Caller, Role};
 use crate::graphql::caller::ClientAddress;
@@ -94,7 +94,7 @@ impl AppState {
                 .filter_map(|value| value.to_str().ok())
                 .flat_map(|value| value.split(','))
                 .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-                .last();
+                .next_back();
             if forwarded.is_some() {
                 return forwarded.map(ClientAddress);
             }
@@ -202,8 +202,11 @@ async fn serve_socket(
                 None => header_caller,
             };
             if let Caller::Refused(why) = caller {
-                // The client is told why; graphql-ws closes with 4403 Forbidden.
-                return Err(async_graphql::Error::new(format!("not authenticated: {why}")));
+                // The client is told why: async-graphql closes the socket with 1002 and this
+                // message, which graphql-ws clients take as final (no reconnection loop).
+                return Err(async_graphql::Error::new(format!(
+                    "not authenticated: {why}"
+                )));
             }
             let mut data = async_graphql::Data::default();
             data.insert(caller);
@@ -260,15 +263,25 @@ async fn dev_token(State(state): State<AppState>, Query(query): Query<TokenQuery
         "buyer" => Role::Buyer,
         "admin" => Role::Admin,
         "service" => Role::Service,
-        _ => return invalid(StatusCode::BAD_REQUEST, "role: buyer, admin or service".into()),
+        _ => {
+            return invalid(
+                StatusCode::BAD_REQUEST,
+                "role: buyer, admin or service".into(),
+            );
+        }
     };
-    let sub = query.sub.unwrap_or_else(|| format!("dev-{}", role.as_str()));
+    let sub = query
+        .sub
+        .unwrap_or_else(|| format!("dev-{}", role.as_str()));
     if sub.is_empty() || sub.len() > 64 {
         return invalid(StatusCode::BAD_REQUEST, "sub: 1 to 64 characters".into());
     }
     let day = Duration::from_secs(24 * 3600);
     let Some(token) = state.web.authenticator.mint(role, &sub, day) else {
-        return invalid(StatusCode::NOT_FOUND, "no secret to mint tokens with".into());
+        return invalid(
+            StatusCode::NOT_FOUND,
+            "no secret to mint tokens with".into(),
+        );
     };
     axum::Json(serde_json::json!({ "token": token, "role": role.as_str(), "sub": sub }))
         .into_response()

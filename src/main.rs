@@ -19,7 +19,12 @@ struct Cli {
     command: Command,
 
     /// `text` for people, `json` (one object per line) for log collectors.
-    #[arg(long, global = true, env = "TICKETHOLD_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "TICKETHOLD_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 }
 
@@ -64,7 +69,11 @@ fn main() -> ExitCode {
     );
     match cli.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

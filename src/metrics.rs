@@ -52,7 +52,10 @@ impl Metrics {
         let holds_confirmed = counter("holds_confirmed_total", "Holds checked out into orders.");
         let sold_out = counter("sold_out_total", "holdTickets refused with SOLD_OUT.");
         let rate_limited = IntCounterVec::new(
-            Opts::new("rate_limited_total", "holdTickets refused with RATE_LIMITED."),
+            Opts::new(
+                "rate_limited_total",
+                "holdTickets refused with RATE_LIMITED.",
+            ),
             &["scope"],
         )
         .expect("a valid counter");
@@ -61,7 +64,9 @@ impl Metrics {
                 "expiry_lag_seconds",
                 "From a hold's expires_at to its stock being back on sale.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )
         .expect("a valid histogram");
         let subscriptions_active = IntGaugeVec::new(
@@ -85,7 +90,9 @@ impl Metrics {
             Box::new(subscriptions_active.clone()),
             Box::new(request_duration.clone()),
         ] {
-            registry.register(collector).expect("a metric registered once");
+            registry
+                .register(collector)
+                .expect("a metric registered once");
         }
         Metrics {
             registry,

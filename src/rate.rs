@@ -51,12 +51,10 @@ impl HoldRateLimits {
     /// Takes one hold from the address's bucket, then from the customer's.
     pub fn check(&self, customer: &str, address: Option<IpAddr>) -> Result<(), Limited> {
         if let (Some(limiter), Some(address)) = (&self.per_address, address) {
-            limiter
-                .check_key(&address)
-                .map_err(|not_until| Limited {
-                    scope: Scope::Address,
-                    retry_after: not_until.wait_time_from(self.clock.now()),
-                })?;
+            limiter.check_key(&address).map_err(|not_until| Limited {
+                scope: Scope::Address,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })?;
         }
         if let Some(limiter) = &self.per_customer {
             // Look up by `&str` would need an owned key anyway: governor keys are owned.

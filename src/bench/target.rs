@@ -49,7 +49,10 @@ impl Server {
         let secret = crate::auth::random_secret();
         // The load comes from one address and the buyers are many: no rate limit applies.
         let mut env = vec![
-            ("TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS", "true".to_owned()),
+            (
+                "TICKETHOLD_REDIS_CONFIGURE_KEYSPACE_EVENTS",
+                "true".to_owned(),
+            ),
             ("TICKETHOLD_JWT_SECRET", secret.clone()),
             ("TICKETHOLD_HOLDS_PER_MINUTE_PER_ADDRESS", "0".to_owned()),
             ("TICKETHOLD_HOLDS_PER_MINUTE_PER_CUSTOMER", "0".to_owned()),

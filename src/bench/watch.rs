@@ -53,7 +53,11 @@ impl Watch {
     /// Connects, subscribes to both streams, and returns once the first stock message arrived
     /// (so both subscriptions are live before the load starts).
     /// Subscribes with `authorization` (an admin's, who sees every hold's expiry).
-    pub async fn open(base_url: &str, event_id: &str, authorization: &str) -> anyhow::Result<Watch> {
+    pub async fn open(
+        base_url: &str,
+        event_id: &str,
+        authorization: &str,
+    ) -> anyhow::Result<Watch> {
         let ws_url = base_url
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);

@@ -38,7 +38,9 @@ pub enum Denial {
     Forbidden(&'static str),
     RateLimited(crate::rate::Limited),
     /// The connection already has `--subscriptions-per-connection-max` subscriptions.
-    TooManySubscriptions { max: usize },
+    TooManySubscriptions {
+        max: usize,
+    },
 }
 
 impl From<Denial> for ApiError {

@@ -3,12 +3,12 @@
 
 use async_graphql::{Context, ID, Object};
 
+use super::caller::{self, Access};
 use super::error::{ApiError, settle};
 use super::types::{
     CheckoutInput, CreateEventInput, CreateTicketTypeInput, Event, Hold, HoldTicketsInput, Order,
     TicketType,
 };
-use super::caller::{self, Access};
 use super::{Services, parse_id};
 use crate::domain::{
     CheckoutRequest, HoldRequest, Millis, NewTicketType, Rejection, TicketTypeId, TtlSeconds,
@@ -90,14 +90,13 @@ impl MutationRoot {
         let hold = match held {
             Err(ApiError::Rejected(Rejection::SoldOut { .. })) => {
                 services.metrics.sold_out.inc();
-                return Err(held.err().expect("a rejection").into());
+                return Err(held.expect_err("a rejection").into());
             }
             held => held?,
         };
         // A retry returns the hold made before it began: not a new one.
         if hold.created_at >= started {
             services.metrics.holds_created.inc();
-            tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, expires_at_ms = hold.expires_at.0, "hold created");
         }
         Ok(Hold(hold))
     }
@@ -115,7 +114,6 @@ impl MutationRoot {
         let ttl = TtlSeconds::new(ttl_seconds, &services.limits).map_err(ApiError::from)?;
         caller::hold_for(ctx, id, Access::Change).await?;
         let extended = settle(services.store.extend(id, ttl, Millis::now()).await)?;
-        tracing::info!(hold_id = %id, expires_at_ms = extended.expires_at.0, "hold extended");
         Ok(Hold(extended))
     }
 
@@ -126,7 +124,6 @@ impl MutationRoot {
         caller::hold_for(ctx, id, Access::Change).await?;
         let released = settle(services.store.release(id, Millis::now()).await)?;
         services.metrics.holds_released.inc();
-        tracing::info!(hold_id = %id, "hold released");
         Ok(Hold(released))
     }
 
@@ -151,7 +148,6 @@ impl MutationRoot {
         // A retry returns the order made before it began: not a new one.
         if order.created_at >= started {
             services.metrics.holds_confirmed.inc();
-            tracing::info!(hold_id = %order.hold_id, order_id = %order.id, "hold confirmed");
         }
         Ok(Order(order))
     }

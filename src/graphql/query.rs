@@ -2,9 +2,9 @@
 
 use async_graphql::{Context, ID, Object};
 
+use super::caller::{self, Access};
 use super::error::ApiError;
 use super::types::{Availability, DateTime, Event, Hold, Order, TicketType};
-use super::caller::{self, Access};
 use super::{Services, parse_id};
 use crate::domain::{Millis, Rejection};
 

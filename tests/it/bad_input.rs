@@ -39,9 +39,7 @@ impl World {
         let r = buyer
             .gql(
                 HOLD,
-                hold_vars(&event_id, &[(&ticket_type_id, 1)],
-                    Some(IDEMPOTENCY_KEY),
-                ),
+                hold_vars(&event_id, &[(&ticket_type_id, 1)], Some(IDEMPOTENCY_KEY)),
             )
             .await;
         let hold_id = support::data(&r)["holdTickets"]["id"]
@@ -191,18 +189,8 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
     let twenty_one: Vec<(&str, i64)> = (0..21).map(|_| (t, 1)).collect();
 
     let cases = [
-        case(
-            "quantity 0",
-            HOLD,
-            hold_vars(e, &[(t, 0)], None),
-            INVALID,
-        ),
-        case(
-            "quantity -1",
-            HOLD,
-            hold_vars(e, &[(t, -1)], None),
-            INVALID,
-        ),
+        case("quantity 0", HOLD, hold_vars(e, &[(t, 0)], None), INVALID),
+        case("quantity -1", HOLD, hold_vars(e, &[(t, -1)], None), INVALID),
         case(
             "quantity 1000000",
             HOLD,
@@ -291,12 +279,7 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
             INVALID,
         ),
         case("no items", HOLD, hold_vars(e, &[], None), INVALID),
-        case(
-            "21 items",
-            HOLD,
-            hold_vars(e, &twenty_one, None),
-            INVALID,
-        ),
+        case("21 items", HOLD, hold_vars(e, &twenty_one, None), INVALID),
         Case {
             label: "a token with an empty subject",
             ..by("", "UNAUTHENTICATED")
@@ -325,7 +308,9 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
         case(
             "idempotency key reused for another event",
             HOLD,
-            hold_vars(&world.other_event_id, &[(&world.other_ticket_type_id, 1)],
+            hold_vars(
+                &world.other_event_id,
+                &[(&world.other_ticket_type_id, 1)],
                 Some(IDEMPOTENCY_KEY),
             ),
             INVALID,
@@ -349,10 +334,7 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
     // The one retry that is not bad: the same key and items give back the same hold.
     let r = world
         .buyer
-        .gql(
-            HOLD,
-            hold_vars(e, &[(t, 1)], Some(IDEMPOTENCY_KEY)),
-        )
+        .gql(HOLD, hold_vars(e, &[(t, 1)], Some(IDEMPOTENCY_KEY)))
         .await;
     assert_eq!(
         support::data(&r)["holdTickets"]["id"],

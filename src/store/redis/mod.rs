@@ -784,7 +784,11 @@ impl HoldStore for RedisStore {
     }
 
     async fn extend(&self, id: HoldId, ttl: TtlSeconds, now: Millis) -> StoreResult<Outcome<Hold>> {
-        self.change_active(id, "extend", now, Some(ttl)).await
+        let extended = self.change_active(id, "extend", now, Some(ttl)).await?;
+        if let Ok(hold) = &extended {
+            tracing::info!(hold_id = %hold.id, expires_at = hold.expires_at.0, "hold extended");
+        }
+        Ok(extended)
     }
 
     async fn release(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {

@@ -25,10 +25,12 @@ impl TestServer {
         TestServer::start_with(redis_config(database_url, redis_url, namespace)).await
     }
 
-    /// Serves with `config`, given the tests' JWT secret (rate limits stay as `config` says:
-    /// see [`test_config`]).
+    /// Serves with `config`, given the tests' JWT secret unless it names a key of its own (rate
+    /// limits stay as `config` says: see [`test_config`]).
     pub async fn start_with(mut config: Config) -> TestServer {
-        config.jwt_secret = Some(app::Secret(super::TEST_SECRET.to_owned()));
+        if config.jwt_secret.is_none() && config.jwt_public_key_file.is_none() {
+            config.jwt_secret = Some(app::Secret(super::TEST_SECRET.to_owned()));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
