@@ -87,13 +87,10 @@ impl MutationRoot {
         .map_err(ApiError::from)?;
         let started = Millis::now();
         let held = settle(services.store.hold(request, started).await);
-        let hold = match held {
-            Err(ApiError::Rejected(Rejection::SoldOut { .. })) => {
-                services.metrics.sold_out.inc();
-                return Err(held.expect_err("a rejection").into());
-            }
-            held => held?,
-        };
+        if let Err(ApiError::Rejected(Rejection::SoldOut { .. })) = &held {
+            services.metrics.sold_out.inc();
+        }
+        let hold = held?;
         // A retry returns the hold made before it began: not a new one.
         if hold.created_at >= started {
             services.metrics.holds_created.inc();
