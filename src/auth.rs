@@ -32,7 +32,7 @@ impl Role {
         }
     }
 
-    fn parse(text: &str) -> Option<Role> {
+    pub fn parse(text: &str) -> Option<Role> {
         match text {
             "buyer" => Some(Role::Buyer),
             "admin" => Some(Role::Admin),

@@ -6,16 +6,16 @@
 //! POST, or the `Authorization` field of a WebSocket's `connection_init` payload (the header of
 //! the upgrade request when the payload has none).
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::Router;
-use axum::body::Body;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::rejection::GraphQLRejection;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::WebSocket;
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
@@ -54,7 +54,10 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 
 pub fn router(schema: AppSchema, services: Services, web: WebSettings) -> Router {
     let router = Router::new()
-        .route("/", get(|| asset(Path("index.html".to_owned()))))
+        .route(
+            "/",
+            get(|state| asset(state, Path("index.html".to_owned()))),
+        )
         .route("/assets/{*file}", get(asset))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
@@ -159,12 +162,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         if !state.web.graphiql {
             return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
         }
-        let page = GraphiQLSource::build()
-            .title("tickethold")
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .finish();
-        return Html(page).into_response();
+        return graphiql_page();
     }
     let (mut parts, _body) = request.into_parts();
     let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
@@ -181,6 +179,26 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| serve_socket(socket, state, protocol, header_caller, address))
 }
+
+/// GraphiQL (`web/graphiql/`), booted against `/graphql`. It loads nothing but this server's
+/// own assets (GraphiQL and React are vendored in `web/vendor/`): no CDN, so it works offline,
+/// and its Content-Security-Policy lets it reach nothing else.
+fn graphiql_page() -> Response {
+    let Some(page) = Assets::get("graphiql/index.html") else {
+        let status = StatusCode::INTERNAL_SERVER_ERROR;
+        return (status, "GraphiQL is not embedded in this build").into_response();
+    };
+    let headers = [
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP),
+    ];
+    (headers, Html(page.data)).into_response()
+}
+
+/// GraphiQL's page may load and reach this server only: scripts and styles from its files,
+/// fonts and icons inlined as `data:` URLs. (`'self'` covers the WebSocket to this host.)
+const GRAPHIQL_CSP: &str = "default-src 'self'; img-src 'self' data:; font-src 'self' data:; \
+    object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'";
 
 /// Serves one GraphQL WebSocket: who is calling comes from `connection_init`, which must
 /// arrive within the configured timeout; the subscriptions it may open are counted.
@@ -237,8 +255,7 @@ async fn serve_socket(
     }
 }
 
-/// The `Authorization` of a `connection_init` payload (`authorization` and `token`, a bare
-/// token, are accepted too).
+/// The `Authorization` of a `connection_init` payload (`authorization` is accepted too).
 fn init_authorization(payload: &serde_json::Value) -> Option<&str> {
     ["Authorization", "authorization"]
         .iter()
@@ -259,16 +276,9 @@ struct TokenQuery {
 
 /// Development mode only: a token for anyone who asks (valid 24 hours).
 async fn dev_token(State(state): State<AppState>, Query(query): Query<TokenQuery>) -> Response {
-    let role = match query.role.as_deref().unwrap_or("buyer") {
-        "buyer" => Role::Buyer,
-        "admin" => Role::Admin,
-        "service" => Role::Service,
-        _ => {
-            return invalid(
-                StatusCode::BAD_REQUEST,
-                "role: buyer, admin or service".into(),
-            );
-        }
+    let Some(role) = Role::parse(query.role.as_deref().unwrap_or("buyer")) else {
+        let message = "role: buyer, admin or service".to_owned();
+        return invalid(StatusCode::BAD_REQUEST, message);
     };
     let sub = query
         .sub
@@ -303,7 +313,17 @@ async fn ready(State(state): State<AppState>) -> Response {
 #[folder = "web/"]
 struct Assets;
 
-async fn asset(Path(file): Path<String>) -> Response {
+async fn asset(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    // GraphiQL switched off is off everywhere, its assets included.
+    let graphiql = [
+        "graphiql/",
+        "vendor/graphiql/",
+        "vendor/react/",
+        "vendor/react-dom/",
+    ];
+    if !state.web.graphiql && graphiql.iter().any(|prefix| file.starts_with(prefix)) {
+        return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
+    }
     let Some(asset) = Assets::get(&file) else {
         return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };

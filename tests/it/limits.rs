@@ -244,8 +244,17 @@ async fn introspection_and_graphiql_can_be_switched_off() {
         &json!({"__schema": null, "__type": null}),
         "introspection answered"
     );
-    let page = reqwest::get(server.url("/graphql")).await.unwrap();
-    assert_eq!(page.status(), reqwest::StatusCode::NOT_FOUND);
+    for path in [
+        "/graphql",
+        "/assets/graphiql/index.html",
+        "/assets/vendor/graphiql/graphiql.min.js",
+    ] {
+        let page = reqwest::get(server.url(path)).await.unwrap();
+        assert_eq!(page.status(), reqwest::StatusCode::NOT_FOUND, "{path}");
+    }
+    // The buyer's page stays.
+    let page = reqwest::get(server.url("/")).await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
     // The API itself still answers.
     assert!(data(&server.gql("{serverTime}", json!({})).await)["serverTime"].is_string());
 }
