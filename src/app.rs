@@ -89,7 +89,8 @@ pub struct Config {
     #[arg(long, env = "TICKETHOLD_SWEEP_BATCH_MAX", default_value_t = 1000)]
     pub sweep_batch_max: u32,
 
-    /// Changes a subscriber may fall behind before it lags (it then re-reads the store).
+    /// Changes a `holdExpired` or `availabilityChanged` subscriber may fall behind before it lags
+    /// (it then re-reads the store); a countdown may fall 8 behind.
     #[arg(long, env = "TICKETHOLD_BUS_CAPACITY", default_value_t = 4096)]
     pub bus_capacity: usize,
 

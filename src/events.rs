@@ -18,6 +18,11 @@ use tokio::sync::broadcast;
 use crate::domain::{Availability, EventId, Hold, HoldId, HoldStatus};
 use crate::metrics::Metrics;
 
+/// How many changes of one hold a reader may fall behind. A hold changes a handful of times in
+/// its life, and a countdown that lags re-reads the store; a broadcast channel allocates all its
+/// slots up front, so 10,000 countdowns at the bus's capacity would take gigabytes.
+const HOLD_TOPIC_CAPACITY: usize = 8;
+
 /// One committed change.
 #[derive(Clone, Debug)]
 pub enum Change {
@@ -64,9 +69,13 @@ impl Bus {
 
     pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<Change> {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let capacity = match topic {
+            Topic::Hold(_) => HOLD_TOPIC_CAPACITY.min(self.capacity),
+            Topic::Expired(_) | Topic::Stock(_) => self.capacity,
+        };
         topics
             .entry(topic)
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .or_insert_with(|| broadcast::channel(capacity).0)
             .subscribe()
     }
 
