@@ -49,8 +49,11 @@ pub struct WebSettings {
     pub connection_init_timeout: Duration,
 }
 
-/// Largest request body accepted, in bytes.
+/// Largest request body (or WebSocket message) accepted, in bytes.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Read buffer of a WebSocket: a client's messages are small (`subscribe`, `ping`).
+const WEBSOCKET_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 pub fn router(schema: AppSchema, services: Services, web: WebSettings) -> Router {
     let router = Router::new()
@@ -175,7 +178,12 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     };
     let header_caller = state.caller(&parts.headers);
     let address = state.client_address(&Request::from_parts(parts, Body::empty()));
+    // tungstenite's default 128 KiB read buffer, per socket, would be most of the memory of
+    // 10,000 subscribers; no client message needs more than a request body.
     upgrade
+        .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
+        .max_message_size(REQUEST_BODY_BYTES_MAX)
+        .max_frame_size(REQUEST_BODY_BYTES_MAX)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| serve_socket(socket, state, protocol, header_caller, address))
 }

@@ -2,10 +2,12 @@
 //! starts itself, one per flow (`--flow`, or `--compare` for all three with the same workload),
 //! side by side with the raw engine references (`--references`). It speaks GraphQL over HTTP and
 //! WebSocket like a real client, and exits non-zero when a run oversells, undersells or leaves an
-//! expiry unannounced.
+//! expiry unannounced. `--crowd` runs another scenario instead: many active holds and one
+//! countdown subscriber per WebSocket, measuring the ticks' lag and the server's memory.
 
 mod api;
 mod chart;
+mod crowd;
 mod load;
 mod reference;
 mod report;
@@ -109,11 +111,32 @@ pub struct Args {
     /// Write an SVG chart of throughput and latency per flow to this path.
     #[arg(long)]
     pub chart: Option<PathBuf>,
+
+    /// Instead of the flash sale, the crowd: `--crowd-holds` active holds, then
+    /// `--crowd-subscribers` WebSockets each watching one hold's `holdCountdown`; measures the
+    /// ticks' lag and the server's peak memory (`--concurrency` creates the holds).
+    #[arg(long, conflicts_with_all = ["compare", "references", "chart"])]
+    pub crowd: bool,
+
+    /// Active holds the crowd creates (one ticket each, each by its own buyer).
+    #[arg(long, default_value_t = 100_000, requires = "crowd")]
+    pub crowd_holds: u64,
+
+    /// WebSockets of the crowd, one `holdCountdown` subscription each, on distinct holds.
+    #[arg(long, default_value_t = 10_000, requires = "crowd")]
+    pub crowd_subscribers: usize,
+
+    /// How long the crowd's ticks are measured, in seconds, once every subscriber is open.
+    #[arg(long, default_value_t = 10, requires = "crowd")]
+    pub crowd_seconds: u64,
 }
 
 /// Runs the benchmark; the exit code is a failure when any run broke an invariant.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     validate(&args)?;
+    if args.crowd {
+        return crowd::run(&args).await;
+    }
     let mut flows = Vec::new();
     if let Some(url) = &args.url {
         let result = load::run(url, &args, None).await?;
@@ -172,5 +195,17 @@ fn validate(args: &Args) -> anyhow::Result<()> {
         shares.iter().all(|s| (0.0..=1.0).contains(s)) && shares.iter().sum::<f64>() <= 1.0,
         "--checkout-share and --release-share must be in [0, 1] and add up to at most 1"
     );
+    if args.crowd {
+        anyhow::ensure!(
+            (1..=i32::MAX as u64).contains(&args.crowd_holds),
+            "--crowd-holds must be in [1, {}]",
+            i32::MAX
+        );
+        anyhow::ensure!(
+            args.crowd_subscribers as u64 <= args.crowd_holds,
+            "--crowd-subscribers must be at most --crowd-holds (one hold per subscriber)"
+        );
+        anyhow::ensure!(args.crowd_seconds > 0, "--crowd-seconds must be positive");
+    }
     Ok(())
 }

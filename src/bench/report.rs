@@ -296,7 +296,7 @@ impl Report {
     }
 }
 
-fn render(header: &[String], rows: &[(String, Vec<String>)]) -> String {
+pub(super) fn render(header: &[String], rows: &[(String, Vec<String>)]) -> String {
     let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..header.len())
         .map(|c| {
@@ -330,7 +330,7 @@ fn rate(count: u64, secs: f64) -> f64 {
 }
 
 /// Percentiles of `histogram`, divided by `divisor` (1000 to turn microseconds into ms).
-fn percentiles(histogram: &Histogram<u64>, divisor: f64) -> Percentiles {
+pub(super) fn percentiles(histogram: &Histogram<u64>, divisor: f64) -> Percentiles {
     if histogram.is_empty() {
         return Percentiles::default();
     }

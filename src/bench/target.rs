@@ -256,17 +256,28 @@ pub async fn delete_redis_keys(url: &str, namespace: &str) -> anyhow::Result<()>
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("cannot connect to Redis at {url}"))?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut conn)
-        .await
-        .context("KEYS failed")?;
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL")
-            .arg(chunk)
+    // SCAN in steps, never KEYS: hundreds of thousands of keys would block the shared Redis.
+    let mut cursor = 0_u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{namespace}:*"))
+            .arg("COUNT")
+            .arg(1000)
             .query_async(&mut conn)
             .await
-            .context("DEL failed")?;
+            .context("SCAN failed")?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .context("UNLINK failed")?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
-    Ok(())
 }

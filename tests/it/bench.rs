@@ -1,5 +1,6 @@
 //! `tickethold bench` runs end to end: a small flash sale on the embedded flow, checked by the
-//! bench itself (no oversell, no undersell, every expiry announced), and its JSON report.
+//! bench itself (no oversell, no undersell, every expiry announced), and its JSON report; and a
+//! small crowd of countdown subscribers, every tick of which must arrive.
 
 use std::process::Command;
 
@@ -37,4 +38,35 @@ fn a_small_flash_sale_passes_the_bench_checks() {
     assert!(flow["expiry_expected"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(flow["failures"], serde_json::json!([]), "{report}");
     assert!(flow["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[test]
+fn a_small_crowd_gets_every_countdown_tick() {
+    let output = Command::new(BINARY)
+        .args("bench --crowd --flow sqlite --crowd-holds 300".split(' '))
+        .args("--crowd-subscribers 50 --crowd-seconds 3 --json".split(' '))
+        .output()
+        .expect("run tickethold bench --crowd");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --crowd failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["target"], "sqlite", "{report}");
+    assert_eq!(report["holds_created"], 300, "{report}");
+    assert_eq!(report["subscribers_open"], 50, "{report}");
+    let received = report["ticks_received"].as_u64().unwrap();
+    assert!(received >= 50 * 2, "about one tick a second each: {report}");
+    assert_eq!(report["ticks_missing"], 0, "{report}");
+    for percentile in ["p50", "p90", "p99", "max"] {
+        assert!(report["tick_lag_ms"][percentile].is_f64(), "{report}");
+    }
+    assert!(
+        report["server_peak_rss_mb"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
 }
