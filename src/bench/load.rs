@@ -137,6 +137,7 @@ async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String]) -> Ru
         );
         let (event_id, args) = (event_id.to_owned(), args.clone());
         let shared = Shared {
+            started,
             api,
             next,
             type_ids,
@@ -171,9 +172,23 @@ async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String]) -> Ru
     total
 }
 
+/// The TTL of the next hold: `--ttl-secs`, or with `--expire-together` what is left of it since
+/// the rush began, rounded up, so that every hold expires in the same second.
+fn ttl_secs(s: &Shared) -> u32 {
+    if !s.args.expire_together {
+        return s.args.ttl_secs;
+    }
+    let elapsed_ms = s.started.elapsed().as_millis() as u64;
+    let left_ms = (u64::from(s.args.ttl_secs) * 1000).saturating_sub(elapsed_ms);
+    left_ms.div_ceil(1000).max(1) as u32
+}
+
 /// What every rush worker shares.
 struct Shared {
     api: Api,
+    /// When the rush began: with `--expire-together`, every hold expires in the second that
+    /// starts `--ttl-secs` after it.
+    started: Instant,
     next: Arc<AtomicU64>,
     type_ids: Arc<Vec<String>>,
     progress: ProgressBar,
@@ -202,7 +217,7 @@ async fn rush_worker(s: Shared) -> Tally {
                 &s.event_id,
                 &s.type_ids[type_index],
                 s.args.quantity,
-                s.args.ttl_secs,
+                ttl_secs(&s),
             )
             .await;
         record_latency(tally.latency_us.as_mut(), sent.elapsed());

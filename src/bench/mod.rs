@@ -94,6 +94,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1)]
     pub release_share: f64,
 
+    /// Shorten each hold's TTL by the time since the rush began (whole seconds), so that every
+    /// hold expires within the same second: the expiry burst. Give a `--ttl-secs` longer than
+    /// the rush.
+    #[arg(long)]
+    pub expire_together: bool,
+
     /// TTL of every hold, in seconds.
     #[arg(long, default_value_t = 2)]
     pub ttl_secs: u32,

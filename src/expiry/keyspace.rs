@@ -1,19 +1,22 @@
 //! Expiry pushed by Redis: the service subscribes to the `expired` keyspace events, and the
-//! expiry of a hold's shadow key (`<ns>:{<event>}:ttl:<hold>`) runs the expire script for that
-//! hold. The hold's data lives in another key, still readable when the notification arrives.
+//! expiry of a hold's shadow key (`<ns>:{<event>}:ttl:<hold>`) expires the due holds of its event
+//! (every notification already waiting is taken first, so a burst of 10,000 expiries is a few
+//! sweep scripts, not 10,000 scripts). The hold's data lives in another key, still readable
+//! when the notification arrives.
 //!
 //! Notifications are fire-and-forget: they are lost while the subscriber reconnects and can come
 //! late (Redis expires keys lazily). So the subscription reconnects by itself and sweeps every
 //! event after each (re)connection, and the timer's regular sweep catches whatever is left; with
 //! notifications off entirely, holds still expire on time through the timer and the sweep.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Millis;
+use crate::domain::{EventId, Millis};
 use crate::store::redis::RedisStore;
 
 /// The notification classes tickethold needs: `E` (keyevent) and `x` (expired).
@@ -86,15 +89,36 @@ async fn listen(
         tokio::select! {
             message = messages.next() => {
                 let Some(Some(message)) = message else { return Ok(()) };
-                let Ok(key) = message.get_payload::<String>() else { continue };
-                let Some((event, hold)) = store.keys().parse_shadow(&key) else { continue };
-                if let Err(error) = store.expire_one(event, hold, Millis::now()).await {
-                    tracing::warn!(error = %crate::error_chain(&error), hold_id = %hold, "expiring a notified hold failed; the sweep will");
+                // Expiries come in bursts (a flash sale's holds run out together): take every
+                // notification already waiting, then expire each event's due holds in one
+                // script rather than one script per hold.
+                let mut events = HashSet::new();
+                events.extend(notified_event(store, &message));
+                for _ in 0..NOTIFICATIONS_PER_ROUND_MAX {
+                    match messages.next().now_or_never() {
+                        Some(Some(Some(message))) => events.extend(notified_event(store, &message)),
+                        Some(Some(None) | None) => return Ok(()),
+                        None => break,
+                    }
+                }
+                for event in events {
+                    if let Err(error) = store.expire_event_due(event, Millis::now(), sweep_batch_max).await {
+                        tracing::warn!(error = %crate::error_chain(&error), event_id = %event, "expiring notified holds failed; the sweep will");
+                    }
                 }
             }
             () = shutdown.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Notifications taken at once before expiring what they name.
+const NOTIFICATIONS_PER_ROUND_MAX: usize = 10_000;
+
+/// The event of a hold whose shadow key expired, if the message is about one of ours.
+fn notified_event(store: &RedisStore, message: &redis::Msg) -> Option<EventId> {
+    let key = message.get_payload::<String>().ok()?;
+    store.keys().parse_shadow(&key).map(|(event, _)| event)
 }
 
 /// Reads `notify-keyspace-events` and says clearly when expiry notifications are off, and warns

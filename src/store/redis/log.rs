@@ -146,6 +146,9 @@ async fn read<C: ConnectionLike>(
     }
     let reply: Value = command.query_async(conn).await?;
     let mut count = 0;
+    // The stock of each ticket type is published once per read, at its newest version: a burst
+    // of a thousand expiries is one message to each subscriber, not a thousand.
+    let mut stock: HashMap<TicketTypeId, Availability> = HashMap::new();
     for stream in array(&reply) {
         let parts = array(stream);
         let Some(key) = parts.first().and_then(string) else {
@@ -160,19 +163,25 @@ async fn read<C: ConnectionLike>(
                 continue;
             };
             let fields = entry.get(1).map(strings).unwrap_or_default();
-            publish(store, bus, event, &fields).await?;
+            publish(store, bus, event, &fields, &mut stock).await?;
             positions.insert(event, id);
             count += 1;
         }
     }
+    for availability in stock.into_values() {
+        bus.publish_availability(availability);
+    }
     Ok(count)
 }
 
+/// Publishes the hold of one entry and keeps the stock it carries in `stock`, unless `stock`
+/// has a newer version of it.
 async fn publish(
     store: &RedisStore,
     bus: &Bus,
     event: EventId,
     fields: &[String],
+    stock: &mut HashMap<TicketTypeId, Availability>,
 ) -> StoreResult<()> {
     let get = |name: &str| {
         fields
@@ -209,14 +218,20 @@ async fn publish(
         ) else {
             continue;
         };
-        bus.publish_availability(Availability {
+        let availability = Availability {
             ticket_type_id,
             event_id: event,
             capacity: capacity.max(0) as u32,
             sold: sold.max(0) as u32,
             held: held.max(0) as u32,
             version,
-        });
+        };
+        match stock.get(&ticket_type_id) {
+            Some(newer) if newer.version >= version => {}
+            _ => {
+                stock.insert(ticket_type_id, availability);
+            }
+        }
     }
     Ok(())
 }

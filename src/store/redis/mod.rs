@@ -448,7 +448,7 @@ impl RedisStore {
         self.events.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
     }
 
-    /// Expires one hold if it is due (a keyspace notification, or `get_hold` finding it overdue).
+    /// Expires one hold if it is due (`get_hold` finding it overdue).
     pub async fn expire_one(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<bool> {
         match self.change(event, id, "expire", now, None).await? {
             Changed::Done(hold, revision) => {
@@ -457,6 +457,24 @@ impl RedisStore {
                 Ok(true)
             }
             Changed::Refused { .. } | Changed::NotFound => Ok(false),
+        }
+    }
+
+    /// Expires every due hold of one event (what a burst of keyspace notifications names), in
+    /// batches of `batch_max`; how many.
+    pub async fn expire_event_due(
+        &self,
+        event: EventId,
+        now: Millis,
+        batch_max: u32,
+    ) -> StoreResult<usize> {
+        let mut total = 0;
+        loop {
+            let expired = self.sweep(event, now, batch_max).await?.len();
+            total += expired;
+            if expired < batch_max as usize {
+                return Ok(total);
+            }
         }
     }
 
