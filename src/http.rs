@@ -305,10 +305,10 @@ async fn dev_token(State(state): State<AppState>, Query(query): Query<TokenQuery
         .into_response()
 }
 
-/// Ready when the store answers.
+/// Ready when the database (and Redis, in the Redis flow) answers.
 async fn ready(State(state): State<AppState>) -> Response {
-    match state.services.store.next_expiry().await {
-        Ok(_) => "ready".into_response(),
+    match state.services.store.ping().await {
+        Ok(()) => "ready".into_response(),
         Err(error) => {
             tracing::warn!(error = %crate::error_chain(&error), "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()

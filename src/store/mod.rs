@@ -155,6 +155,8 @@ pub trait HoldStore: Send + Sync + 'static {
     async fn expire_due(&self, now: Millis, batch_max: u32) -> StoreResult<Vec<Hold>>;
     /// The earliest `expires_at` of an active hold, if any (what the expiry timer waits for).
     async fn next_expiry(&self) -> StoreResult<Option<Millis>>;
+    /// Whether every server the store needs answers now (the database, and Redis).
+    async fn ping(&self) -> StoreResult<()>;
 
     /// Recomputes `sold` and `held` of every ticket type from the holds and orders and returns
     /// every difference with the stored counters; empty when all is well.

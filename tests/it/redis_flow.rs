@@ -456,7 +456,9 @@ async fn unreachable_redis_or_database_answers_unavailable_quickly() {
     let ticket_type = server.create_ticket_type(&event, 10, None).await;
     data(&server.hold(&event, "before", &ticket_type, 1, None).await);
 
+    assert!(server.ready().await, "/readyz with everything up");
     redis.kill();
+    assert!(!server.ready().await, "/readyz with Redis down");
     for _ in 0..3 {
         let asked = Instant::now();
         let refused = server.hold(&event, "during", &ticket_type, 1, None).await;
@@ -490,6 +492,7 @@ async fn unreachable_redis_or_database_answers_unavailable_quickly() {
     }
     // Rebuilt from the journal: both holds are there.
     assert_eq!(server.availability(&ticket_type).await["held"], 2);
+    assert!(server.ready().await, "/readyz once Redis is back");
 
     // The database goes away.
     let admin = sea_orm::Database::connect(crate::support::db::postgres_admin_url())
@@ -502,6 +505,7 @@ async fn unreachable_redis_or_database_answers_unavailable_quickly() {
     )
     .await
     .unwrap();
+    assert!(!server.ready().await, "/readyz with the database gone");
     let asked = Instant::now();
     let refused = server.gql("{events{id}}", json!({})).await;
     assert_eq!(

@@ -201,6 +201,10 @@ fn is_unique_violation(error: &DbErr) -> bool {
 
 #[async_trait::async_trait]
 impl HoldStore for DbStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(self.db.ping().await?)
+    }
+
     async fn create_event(&self, name: String, now: Millis) -> StoreResult<Event> {
         queries::create_event(&self.db, name, now).await
     }

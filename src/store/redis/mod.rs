@@ -685,6 +685,12 @@ fn refusal(hold: &Hold, now: Millis) -> Rejection {
 
 #[async_trait::async_trait]
 impl HoldStore for RedisStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     async fn create_event(&self, name: String, now: Millis) -> StoreResult<Event> {
         let model = entity::event::ActiveModel {
             id: Set(EventId::random().0),
