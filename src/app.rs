@@ -335,8 +335,14 @@ fn web_settings(config: &Config, address: SocketAddr) -> anyhow::Result<WebSetti
         .as_ref()
         .map(|s| s.0.clone())
         .filter(|s| !s.is_empty());
-    if config.dev && secret.is_none() && public_key_pem.is_none() {
+    let mut public_key_pem = public_key_pem;
+    if config.dev {
+        // Tokens for anyone must never be tokens that anything else trusts.
+        if secret.is_some() || public_key_pem.is_some() {
+            tracing::warn!("--dev ignores the configured JWT key and mints with a random secret");
+        }
         secret = Some(auth::random_secret());
+        public_key_pem = None;
     }
     let keys = KeyConfig {
         secret,

@@ -46,10 +46,12 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
     Anonymous,
-    /// A verified token: its role and its `sub`.
+    /// A verified token: its role, its `sub`, and its `exp` (seconds since the epoch), which
+    /// a WebSocket opened with it must still respect later.
     Token {
         role: Role,
         subject: String,
+        expires_at: u64,
     },
     /// A token was presented and refused: why, in words safe to show (never the token).
     Refused(&'static str),
@@ -97,7 +99,7 @@ impl Authenticator {
     /// HS256 with `secret`, which can also mint tokens.
     pub fn hs256(secret: &[u8]) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         Authenticator {
             decoding: Some((DecodingKey::from_secret(secret), validation)),
             encoding: Some(EncodingKey::from_secret(secret)),
@@ -134,7 +136,7 @@ impl Authenticator {
                 }
                 .context("cannot read the JWT public key")?;
                 let mut validation = Validation::new(algorithm);
-                validation.leeway = 5;
+                validation.leeway = LEEWAY_SECS;
                 Authenticator {
                     decoding: Some((key, validation)),
                     encoding: None,
@@ -183,6 +185,7 @@ impl Authenticator {
                 Caller::Token {
                     role,
                     subject: claims.sub,
+                    expires_at: claims.exp,
                 }
             }
             Err(error) => Caller::Refused(match error.kind() {
@@ -212,6 +215,18 @@ impl Authenticator {
     }
 }
 
+/// Whether a token's `exp` has passed (with the same leeway as verification).
+pub fn expired(expires_at: u64) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    now > expires_at.saturating_add(LEEWAY_SECS)
+}
+
+/// Clock skew allowed between the token's issuer and this server, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
 /// A random secret for `--dev` without one: tokens then last as long as the process.
 pub fn random_secret() -> String {
     format!(
@@ -219,4 +234,44 @@ pub fn random_secret() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_in_the_past_beyond_the_leeway_has_passed() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(expired(0));
+        assert!(expired(now - LEEWAY_SECS - 2));
+        assert!(!expired(now - 1), "within the leeway");
+        assert!(!expired(now + 60));
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_role_subject_and_expiry() {
+        let authenticator = Authenticator::hs256(b"0123456789abcdef0123456789abcdef");
+        let token = authenticator
+            .mint(Role::Service, "shop", Duration::from_secs(60))
+            .unwrap();
+        let Caller::Token {
+            role,
+            subject,
+            expires_at,
+        } = authenticator.caller(Some(&format!("Bearer {token}")))
+        else {
+            panic!("refused");
+        };
+        assert_eq!((role, subject.as_str()), (Role::Service, "shop"));
+        assert!(!expired(expires_at));
+        let other = Authenticator::hs256(b"another-secret-of-thirty-two-bytes!!");
+        assert!(matches!(
+            other.caller(Some(&format!("Bearer {token}"))),
+            Caller::Refused(_)
+        ));
+    }
 }

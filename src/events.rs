@@ -42,10 +42,22 @@ pub enum Topic {
     Stock(EventId),
 }
 
+/// The open topics, and the size at which the next subscription drops those nobody reads any
+/// more (a topic is also dropped by the first send that finds no receiver, but a countdown's
+/// topic gets no send after its last, nor does a subscription that failed after subscribing).
+#[derive(Default)]
+struct Topics {
+    senders: HashMap<Topic, broadcast::Sender<Change>>,
+    prune_at: usize,
+}
+
+/// Fewest topics before the bus looks for abandoned ones.
+const PRUNE_AT_MIN: usize = 1024;
+
 /// An in-process publish/subscribe bus, cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
-    topics: Arc<Mutex<HashMap<Topic, broadcast::Sender<Change>>>>,
+    topics: Arc<Mutex<Topics>>,
     capacity: usize,
     /// Counts the expiries that pass (see `metrics` for what that counts).
     metrics: Option<Metrics>,
@@ -69,11 +81,19 @@ impl Bus {
 
     pub fn subscribe(&self, topic: Topic) -> broadcast::Receiver<Change> {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if topics.senders.len() >= topics.prune_at.max(PRUNE_AT_MIN) {
+            // Amortised: the map at least doubles between two passes.
+            topics
+                .senders
+                .retain(|_, sender| sender.receiver_count() > 0);
+            topics.prune_at = topics.senders.len() * 2;
+        }
         let capacity = match topic {
             Topic::Hold(_) => HOLD_TOPIC_CAPACITY.min(self.capacity),
             Topic::Expired(_) | Topic::Stock(_) => self.capacity,
         };
         topics
+            .senders
             .entry(topic)
             .or_insert_with(|| broadcast::channel(capacity).0)
             .subscribe()
@@ -99,10 +119,10 @@ impl Bus {
 
     fn send(&self, topic: Topic, change: Change) {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = topics.get(&topic) {
+        if let Some(sender) = topics.senders.get(&topic) {
             // An error means no receiver is left: drop the topic.
             if sender.send(change).is_err() {
-                topics.remove(&topic);
+                topics.senders.remove(&topic);
             }
         }
     }

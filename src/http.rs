@@ -93,16 +93,17 @@ impl AppState {
     /// the load balancer in front is trusted to set it.
     fn client_address(&self, request: &Request) -> Option<ClientAddress> {
         if self.web.trust_forwarded_for {
-            let forwarded = request
+            // The last entry, the one the trusted proxy appended: an earlier one is the
+            // client's to write. One that does not parse is no address at all.
+            let last = request
                 .headers()
                 .get_all("x-forwarded-for")
                 .iter()
                 .filter_map(|value| value.to_str().ok())
                 .flat_map(|value| value.split(','))
-                .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
                 .next_back();
-            if forwarded.is_some() {
-                return forwarded.map(ClientAddress);
+            if let Some(address) = last.and_then(|entry| entry.trim().parse::<IpAddr>().ok()) {
+                return Some(ClientAddress(address));
             }
         }
         let peer = request.extensions().get::<ConnectInfo<SocketAddr>>();

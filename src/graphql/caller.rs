@@ -20,7 +20,7 @@ use async_graphql::{Context, ID};
 
 use super::Services;
 use super::error::{ApiError, Denial};
-use crate::auth::{Caller, Role};
+use crate::auth::{self, Caller, Role};
 use crate::domain::{CustomerId, Hold, HoldId, Millis, Rejection};
 
 /// The address of the client, as the HTTP layer saw it.
@@ -34,7 +34,11 @@ fn caller<'c>(ctx: &'c Context<'_>) -> &'c Caller {
 /// The caller's role and subject; `UNAUTHENTICATED` without a valid token.
 fn authenticated<'c>(ctx: &'c Context<'_>) -> Result<(Role, &'c str), ApiError> {
     match caller(ctx) {
-        Caller::Token { role, subject } => Ok((*role, subject)),
+        // A WebSocket outlives its token: its `exp` holds for every operation on it.
+        Caller::Token { expires_at, .. } if auth::expired(*expires_at) => {
+            Err(Denial::Unauthenticated("the token has expired").into())
+        }
+        Caller::Token { role, subject, .. } => Ok((*role, subject)),
         Caller::Anonymous => Err(Denial::Unauthenticated("this needs a token").into()),
         Caller::Refused(why) => Err(Denial::Unauthenticated(why).into()),
     }

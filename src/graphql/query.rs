@@ -82,6 +82,8 @@ impl QueryRoot {
     async fn order(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Order>> {
         let services = ctx.data_unchecked::<Services>();
         let id = parse_id(&id)?;
+        // Anonymous callers learn nothing, not even whether the order exists.
+        caller::only_own(ctx)?;
         let found = services.store.get_order(id).await.map_err(ApiError::from)?;
         match found {
             Some(order) if caller::may_see(ctx, &order.customer_id)? => Ok(Some(Order(order))),
