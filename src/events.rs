@@ -127,3 +127,22 @@ impl Bus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_nobody_reads_any_more_are_dropped() {
+        let bus = Bus::new(16);
+        // Countdowns that ended, or subscriptions that failed after subscribing: no send comes.
+        for _ in 0..PRUNE_AT_MIN {
+            drop(bus.subscribe(Topic::Hold(HoldId(uuid::Uuid::new_v4()))));
+        }
+        let kept = bus.subscribe(Topic::Hold(HoldId(uuid::Uuid::new_v4())));
+        let topics = bus.topics.lock().unwrap();
+        assert_eq!(topics.senders.len(), 1, "only the topic still read is left");
+        drop(topics);
+        drop(kept);
+    }
+}
