@@ -44,6 +44,11 @@ fn authenticated<'c>(ctx: &'c Context<'_>) -> Result<(Role, &'c str), ApiError> 
     }
 }
 
+/// The caller must have a valid token, whatever its role.
+pub fn require_token(ctx: &Context<'_>) -> Result<(), ApiError> {
+    authenticated(ctx).map(|_| ())
+}
+
 /// The caller must be an admin.
 pub fn require_admin(ctx: &Context<'_>) -> Result<(), ApiError> {
     match authenticated(ctx)? {

@@ -1,7 +1,8 @@
 //! The one place where outcomes become GraphQL errors.
 //!
 //! Every error carries `extensions.code`: a rejection's own code (`SOLD_OUT`, `HOLD_EXPIRED`,
-//! ...), `UNAVAILABLE` when the database or Redis cannot be reached in time (or a checkout of
+//! ...), a denial's (`UNAUTHENTICATED`, `FORBIDDEN`, `RATE_LIMITED`, `TOO_MANY_SUBSCRIPTIONS`),
+//! `UNAVAILABLE` when the database or Redis cannot be reached in time (or a checkout of
 //! the same hold is in flight), `INTERNAL` for any other failure.
 //! Failures are logged here with their whole cause chain and answered with a generic message,
 //! so no SQL or driver text ever reaches a client. Errors that the GraphQL engine raises itself

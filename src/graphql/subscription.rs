@@ -42,7 +42,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = HoldCountdown> + use<>> {
         let services = ctx.data_unchecked::<Services>().clone();
         let id: HoldId = parse_id(&hold_id)?;
-        caller::only_own(ctx)?; // nobody subscribes to anything before showing a token
+        caller::require_token(ctx)?; // nothing is subscribed to before a token is shown
         let slot = Slot::take(ctx, "holdCountdown")?;
         let mut changes = services.bus.subscribe(Topic::Hold(id));
         let mut hold = caller::hold_for(ctx, id, Access::Read).await?;
