@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures::{SinkExt, StreamExt};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Args;
 use super::api::{Api, Outcome, now_ms};
-use super::load::new_histogram;
+use super::load::{new_histogram, progress_bar};
 use super::report::{Percentiles, percentiles, render};
 use super::target::{self, Server};
 
@@ -1036,18 +1036,6 @@ async fn next_text(socket: &mut Socket) -> anyhow::Result<String> {
             None => anyhow::bail!("the WebSocket closed"),
         }
     }
-}
-
-fn progress_bar(length: u64, what: &str) -> ProgressBar {
-    // load.rs has the same bar, private to it.
-    let bar = ProgressBar::new(length);
-    let style =
-        ProgressStyle::with_template("{spinner} {msg:>24} [{bar:40}] {pos}/{len} ({per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_message(what.to_owned());
-    bar
 }
 
 #[cfg(test)]

@@ -462,7 +462,8 @@ pub fn new_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| unreachable!("the bounds are valid"))
 }
 
-fn progress_bar(length: u64, what: &str) -> ProgressBar {
+/// The bench's progress bar: what it counts, how far, how fast.
+pub(super) fn progress_bar(length: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(length);
     let style =
         ProgressStyle::with_template("{spinner} {msg:>24} [{bar:40}] {pos}/{len} ({per_sec})")
