@@ -199,14 +199,15 @@ fn graphiql_page() -> Response {
     };
     let headers = [
         (header::CACHE_CONTROL, "no-cache"),
-        (header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP),
+        (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
     ];
     (headers, Html(page.data)).into_response()
 }
 
-/// GraphiQL's page may load and reach this server only: scripts and styles from its files,
-/// fonts and icons inlined as `data:` URLs. (`'self'` covers the WebSocket to this host.)
-const GRAPHIQL_CSP: &str = "default-src 'self'; img-src 'self' data:; font-src 'self' data:; \
+/// The pages (the buyer's page, GraphiQL) may load and reach this server only: scripts and
+/// styles from its files, fonts and icons inlined as `data:` URLs. (`'self'` covers the
+/// WebSocket to this host.)
+const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; font-src 'self' data:; \
     object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'";
 
 /// Serves one GraphQL WebSocket: who is calling comes from `connection_init`, which must
@@ -336,9 +337,20 @@ async fn asset(State(state): State<AppState>, Path(file): Path<String>) -> Respo
     let Some(asset) = Assets::get(&file) else {
         return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };
-    let headers = [
-        (header::CONTENT_TYPE, asset.metadata.mimetype().to_owned()),
-        (header::CACHE_CONTROL, "no-cache".to_owned()),
-    ];
-    (headers, asset.data).into_response()
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, asset.metadata.mimetype().to_owned()),
+            (header::CACHE_CONTROL, "no-cache".to_owned()),
+        ],
+        asset.data,
+    )
+        .into_response();
+    if file.ends_with(".html") {
+        // The pages load nothing but this server's own assets and talk to nothing else.
+        let policy = header::HeaderValue::from_static(PAGE_CSP);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    response
 }
