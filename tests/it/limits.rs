@@ -255,6 +255,8 @@ async fn introspection_and_graphiql_can_be_switched_off() {
     // The buyer's page stays.
     let page = reqwest::get(server.url("/")).await.unwrap();
     assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let policy = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
     // The API itself still answers.
     assert!(data(&server.gql("{serverTime}", json!({})).await)["serverTime"].is_string());
 }
