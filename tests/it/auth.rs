@@ -8,11 +8,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tickethold::auth::Role;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::support::client::Client;
-use crate::support::ws::Next;
+use crate::support::ws::{Next, connect};
 use crate::support::{self, Protocol, Subscription, TestDb, TestServer, data, error_code};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -406,16 +404,7 @@ async fn bad_tokens_are_unauthenticated_and_change_nothing() {
 
 /// Whether the server refuses a `graphql-transport-ws` connection with `payload` as its init.
 async fn init_refused(addr: std::net::SocketAddr, payload: Value) -> bool {
-    let mut request = format!("ws://{addr}/graphql")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("graphql-transport-ws"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
+    let mut socket = connect(addr, Protocol::TransportWs).await;
     let init = json!({"type": "connection_init", "payload": payload});
     socket.send(Message::text(init.to_string())).await.unwrap();
     loop {

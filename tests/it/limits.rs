@@ -11,11 +11,9 @@ use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::support::server::test_config;
-use crate::support::ws::Next;
+use crate::support::ws::{Next, Socket, connect};
 use crate::support::{self, Process, Protocol, Subscription, TestDb, TestServer, data, error_code};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -129,7 +127,7 @@ async fn websocket_limits_subscriptions_init_time_and_query_shape() {
 
     // Three subscriptions on one connection: the third is refused.
     let token = support::token(tickethold::auth::Role::Admin, "admin");
-    let mut socket = connect(server.addr).await;
+    let mut socket = connect(server.addr, Protocol::TransportWs).await;
     send(
         &mut socket,
         json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
@@ -160,7 +158,7 @@ async fn websocket_limits_subscriptions_init_time_and_query_shape() {
     );
 
     // A connection that never sends connection_init is closed after the timeout.
-    let mut silent = connect(server.addr).await;
+    let mut silent = connect(server.addr, Protocol::TransportWs).await;
     let closed = tokio::time::timeout(WAIT, async {
         loop {
             match silent.next().await {
@@ -187,23 +185,6 @@ async fn websocket_limits_subscriptions_init_time_and_query_shape() {
         }
         other => panic!("a subscription deeper than the limit ran: {other:?}"),
     }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(addr: std::net::SocketAddr) -> Socket {
-    let mut request = format!("ws://{addr}/graphql")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("graphql-transport-ws"),
-    );
-    tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect")
-        .0
 }
 
 async fn send(socket: &mut Socket, message: Value) {

@@ -25,8 +25,23 @@ impl Protocol {
     }
 }
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the server's `/graphql` speaking `protocol`, before any message.
+pub async fn connect(addr: SocketAddr, protocol: Protocol) -> Socket {
+    let mut request = format!("ws://{addr}/graphql")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(protocol.name()),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    socket
+}
 
 /// One subscription on its own connection.
 pub struct Subscription {
@@ -65,16 +80,7 @@ impl Subscription {
         query: &str,
         variables: Value,
     ) -> Subscription {
-        let mut request = format!("ws://{addr}/graphql")
-            .into_client_request()
-            .expect("request");
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(protocol.name()),
-        );
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("connect");
+        let mut socket = connect(addr, protocol).await;
         let init = json!({"type": "connection_init", "payload": init});
         socket
             .send(Message::text(init.to_string()))
