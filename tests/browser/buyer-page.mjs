@@ -12,7 +12,9 @@
 // failed step otherwise; always closes the browser. Needs `npm ci --prefix tests/browser` and
 // Chromium (/usr/bin/chromium, or $CHROMIUM).
 
-import { chromium } from 'playwright-core';
+import {
+  base, devToken, gql, launchChromium, log, current, runScript, screenshotPath, sleep, waitForText,
+} from './harness.mjs';
 
 // About 15 s alone; three runs at once on two busy cores took 37 s.
 const TIMEOUT_MS = 90_000;
@@ -23,39 +25,10 @@ const PRICE_CENTS = 4500;
 /** Buyer B's clock is this far behind the server's. */
 const B_CLOCK_SKEW_MS = -3 * 3600_000;
 
-const [base, screenshotPath] = process.argv.slice(2);
-if (!base || !screenshotPath) {
-  console.error('usage: node tests/browser/buyer-page.mjs <base-url> <screenshot-path>');
-  process.exit(2);
-}
-
-let browser = null;
-let step = 'starting';
-const started = Date.now();
-const log = (message) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${message}`);
-
-const watchdog = setTimeout(() => fail(new Error(`timed out after ${TIMEOUT_MS / 1000}s`)), TIMEOUT_MS);
-
-try {
-  await main();
-  clearTimeout(watchdog);
-  await browser?.close();
-  log('ok: every step passed');
-  process.exit(0);
-} catch (error) {
-  await fail(error);
-}
-
-async function fail(error) {
-  clearTimeout(watchdog);
-  console.error(`FAILED at step "${step}": ${error?.message ?? error}`);
-  // A browser that hangs on close must not hang the test.
-  await Promise.race([browser?.close(), new Promise((resolve) => setTimeout(resolve, 5000))]).catch(() => {});
-  process.exit(1);
-}
+await runScript('buyer-page.mjs', TIMEOUT_MS, main);
 
 async function main() {
-  step = 'create the event with an admin token';
+  current.step = 'create the event with an admin token';
   const admin = await devToken('admin', 'admin');
   const eventName = `Browser test ${new Date().toISOString().slice(11, 19)}`;
   const { createEvent } = await gql(admin, 'mutation($n: String!) { createEvent(input: {name: $n}) { id } }', { n: eventName });
@@ -66,15 +39,10 @@ async function main() {
   const ticketTypeId = createTicketType.id;
   log(`event ${createEvent.id}, ticket type ${ticketTypeId} (${CAPACITY} tickets)`);
 
-  step = 'launch Chromium';
-  const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-  try {
-    browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
-  } catch (error) {
-    throw new Error(`cannot start ${executablePath} (apt-get install -y chromium, or set CHROMIUM): ${error.message}`);
-  }
+  current.step = 'launch Chromium';
+  const browser = await launchChromium();
 
-  step = 'buyer A opens the page';
+  current.step = 'buyer A opens the page';
   const contextA = await browser.newContext({ viewport: { width: 1100, height: 820 } });
   const network = await controlNetwork(contextA);
   const a = await openPage(contextA, 'A', network);
@@ -84,7 +52,7 @@ async function main() {
   if (!/buyer-/.test(whoA)) throw new Error(`the page does not say who the buyer is: "${whoA}"`);
   log(`A: ${whoA}`);
 
-  step = 'A holds 2 tickets with the default TTL and sees the countdown tick';
+  current.step = 'A holds 2 tickets with the default TTL and sees the countdown tick';
   const first = await hold(a, ticketTypeId, 2, '');
   const countdown = first.getByTestId('hold-countdown');
   const secondsAtFirst = Number(await countdown.getAttribute('data-seconds-left'));
@@ -97,7 +65,7 @@ async function main() {
   log(`A: countdown went from ${secondsAtFirst} s to ${await countdown.textContent()}`);
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 2} of ${CAPACITY} left`);
 
-  step = 'A holds 1 ticket for 2 s and sees it expire on time';
+  current.step = 'A holds 1 ticket for 2 s and sees it expire on time';
   const short = await hold(a, ticketTypeId, 1, '2');
   const expiresAt = Date.parse(await short.getAttribute('data-expires-at'));
   // Timed in the page, at each animation frame: Playwright's own polling backs off to 500 ms.
@@ -112,7 +80,7 @@ async function main() {
   if (shownAt < expiresAt - 100) throw new Error(`"Expired" appeared ${expiresAt - shownAt} ms before expiresAt`);
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 2} of ${CAPACITY} left`);
 
-  step = 'A pays the first hold and sees the order';
+  current.step = 'A pays the first hold and sees the order';
   await first.getByTestId('pay').click();
   const order = first.getByTestId('order-summary');
   await order.waitFor({ state: 'visible', timeout: 5000 });
@@ -124,14 +92,14 @@ async function main() {
   await waitForText(first.getByTestId('hold-status'), 'Paid');
   log(`A: ${orderText.trim()}`);
 
-  step = 'A holds 1 ticket and releases it';
+  current.step = 'A holds 1 ticket and releases it';
   const released = await hold(a, ticketTypeId, 1, '');
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 3} of ${CAPACITY} left`);
   await released.getByTestId('release').click();
   await waitForText(released.getByTestId('hold-status'), 'Released');
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 2} of ${CAPACITY} left`);
 
-  step = 'buyer B, with a clock 3 hours wrong, holds 3 tickets; A sees the stock change';
+  current.step = 'buyer B, with a clock 3 hours wrong, holds 3 tickets; A sees the stock change';
   const contextB = await browser.newContext({ viewport: { width: 1100, height: 820 } });
   await contextB.clock.install({ time: Date.now() + B_CLOCK_SKEW_MS });
   const b = await openPage(contextB, 'B');
@@ -150,7 +118,7 @@ async function main() {
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 5} of ${CAPACITY} left`);
   log('A: sees B\'s hold in the stock, without reloading');
 
-  step = 'A is cut off while its hold expires and B holds 2 more; back online, A sees both';
+  current.step = 'A is cut off while its hold expires and B holds 2 more; back online, A sees both';
   const lapsing = await hold(a, ticketTypeId, 1, '2');
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 6} of ${CAPACITY} left`);
   const lapsesAt = Date.parse(await lapsing.getAttribute('data-expires-at'));
@@ -168,7 +136,7 @@ async function main() {
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 7} of ${CAPACITY} left`, 2000);
   log(`A: back online after ${((backAt - lapsesAt) / 1000).toFixed(1)} s past the expiry, shows it expired and B's new hold`);
 
-  step = 'A holds 1 more and asks for more than is left: told in plain words';
+  current.step = 'A holds 1 more and asks for more than is left: told in plain words';
   await hold(a, ticketTypeId, 1, '');
   await waitForText(rowA.getByTestId('availability'), `${CAPACITY - 8} of ${CAPACITY} left`);
   await hold(a, ticketTypeId, CAPACITY, '', { expectError: true });
@@ -176,33 +144,13 @@ async function main() {
   await waitForText(notice, `Sold out: only ${CAPACITY - 8} left`);
   log(`A: "${(await a.getByTestId('notice-text').textContent()).trim()}"`);
 
-  step = 'save the screenshot';
+  current.step = 'save the screenshot';
   await a.evaluate(() => window.scrollTo(0, 0));
   await a.screenshot({ path: screenshotPath, fullPage: true });
   log(`screenshot: ${screenshotPath}`);
 }
 
-/** A dev token of `role` for `sub`; the server must run with --dev. */
-async function devToken(role, sub) {
-  const url = `${base}/dev/token?role=${role}&sub=${encodeURIComponent(sub)}`;
-  const response = await fetch(url);
-  if (response.status === 404) {
-    throw new Error(`GET /dev/token answered 404: start the server in dev mode (--dev or TICKETHOLD_DEV=1)`);
-  }
-  if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);
-  return (await response.json()).token;
-}
 
-async function gql(token, query, variables) {
-  const response = await fetch(`${base}/graphql`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await response.json();
-  if (body.errors?.length) throw new Error(`GraphQL error: ${JSON.stringify(body.errors[0])}`);
-  return body.data;
-}
 
 async function openPage(context, name, network = { offline: false }) {
   const page = await context.newPage();
@@ -268,16 +216,4 @@ async function controlNetwork(context) {
   return network;
 }
 
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
-}
 
-/** Waits until `locator`'s text contains `text`; the error tells what it showed instead. */
-async function waitForText(locator, text, timeout = 5000) {
-  try {
-    await locator.filter({ hasText: text }).waitFor({ timeout });
-  } catch {
-    const shown = await locator.textContent({ timeout: 1000 }).catch(() => '(nothing)');
-    throw new Error(`expected "${text}", the page shows "${shown?.trim()}"`);
-  }
-}

@@ -14,46 +14,20 @@
 // countdown is saved. Exits 0 on success, 1 with the failed step otherwise; always closes the
 // browser. Needs `npm ci --prefix tests/browser` and Chromium (/usr/bin/chromium, or $CHROMIUM).
 
-import { chromium } from 'playwright-core';
+import {
+  base, devToken, gql, launchChromium, log, current, runScript, screenshotPath, sleep, waitForText,
+} from './harness.mjs';
 
 // About 5 s alone.
 const TIMEOUT_MS = 60_000;
 const CAPACITY = 10;
 
-const [base, screenshotPath] = process.argv.slice(2);
-if (!base || !screenshotPath) {
-  console.error('usage: node tests/browser/graphiql.mjs <base-url> <screenshot-path>');
-  process.exit(2);
-}
-const origin = new URL(base).origin;
+const origin = base && new URL(base).origin; // no URL: runScript prints the usage
 
-let browser = null;
-let step = 'starting';
-const started = Date.now();
-const log = (message) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${message}`);
-
-const watchdog = setTimeout(() => fail(new Error(`timed out after ${TIMEOUT_MS / 1000}s`)), TIMEOUT_MS);
-
-try {
-  await main();
-  clearTimeout(watchdog);
-  await browser?.close();
-  log('ok: every step passed');
-  process.exit(0);
-} catch (error) {
-  await fail(error);
-}
-
-async function fail(error) {
-  clearTimeout(watchdog);
-  console.error(`FAILED at step "${step}": ${error?.message ?? error}`);
-  // A browser that hangs on close must not hang the test.
-  await Promise.race([browser?.close(), new Promise((resolve) => setTimeout(resolve, 5000))]).catch(() => {});
-  process.exit(1);
-}
+await runScript('graphiql.mjs', TIMEOUT_MS, main);
 
 async function main() {
-  step = 'create the event with an admin token';
+  current.step = 'create the event with an admin token';
   const admin = await devToken('admin', 'admin');
   const buyer = await devToken('buyer', 'graphiql-buyer');
   const { createEvent } = await gql(admin, 'mutation($n: String!) { createEvent(input: {name: $n}) { id } }', {
@@ -65,13 +39,8 @@ async function main() {
     { e: createEvent.id, c: CAPACITY });
   log(`event ${createEvent.id}, ticket type ${createTicketType.id}`);
 
-  step = 'launch Chromium';
-  const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-  try {
-    browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
-  } catch (error) {
-    throw new Error(`cannot start ${executablePath} (apt-get install -y chromium, or set CHROMIUM): ${error.message}`);
-  }
+  current.step = 'launch Chromium';
+  const browser = await launchChromium();
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   // Every request of the page, WebSockets included, must go to the server itself.
   const foreign = [];
@@ -83,7 +52,7 @@ async function main() {
   const pageErrors = [];
   let tolerated = null;
 
-  step = 'open /graphql with a holdTickets mutation in ?query=';
+  current.step = 'open /graphql with a holdTickets mutation in ?query=';
   const holdMutation = `mutation Hold {
   holdTickets(input: {eventId: "${createEvent.id}",
     items: [{ticketTypeId: "${createTicketType.id}", quantity: 2}], ttlSeconds: 60}) {
@@ -127,11 +96,11 @@ async function main() {
   if (foreign.length) throw new Error(`the page asked other hosts: ${foreign.join(', ')}`);
   log('GraphiQL loaded, with the schema, from the server alone');
 
-  step = 'paste the buyer token in the headers pane';
+  current.step = 'paste the buyer token in the headers pane';
   const headers = `{"Authorization": "Bearer ${buyer}"}`;
   await typeInEditor(page, '.graphiql-editor-tool .graphiql-editor:not(.hidden)', headers, 'headers');
 
-  step = 'run holdTickets and see the hold in the result pane';
+  current.step = 'run holdTickets and see the hold in the result pane';
   await run(page);
   const holdResult = await waitForResult(page, (result) => result.data?.holdTickets?.id || result.errors);
   if (holdResult.errors) throw new Error(`holdTickets failed: ${JSON.stringify(holdResult.errors)}`);
@@ -139,7 +108,7 @@ async function main() {
   if (holdResult.data.holdTickets.status !== 'ACTIVE') throw new Error(`the hold is ${holdResult.data.holdTickets.status}`);
   log(`hold ${holdId} shown in the result pane`);
 
-  step = 'type a holdCountdown subscription and see it tick';
+  current.step = 'type a holdCountdown subscription and see it tick';
   await typeInEditor(page, '.graphiql-query-editor',
     `subscription {\n  holdCountdown(holdId: "${holdId}") {\n    holdId\n    secondsLeft\n    status\n  }\n}`,
     'query');
@@ -176,19 +145,19 @@ async function main() {
   }
   log('connection_init carried {"Authorization": "Bearer <buyer token>"}');
 
-  step = 'save the screenshot';
+  current.step = 'save the screenshot';
   await page.locator('.CodeMirror').evaluateAll((editors) => editors.forEach((el) => el.CodeMirror.scrollTo(0, 0)));
   await page.screenshot({ path: screenshotPath });
   log(`screenshot: ${screenshotPath}`);
 
-  step = 'stop the subscription: its WebSocket closes';
+  current.step = 'stop the subscription: its WebSocket closes';
   await run(page);
   const stopDeadline = Date.now() + 3000;
   while (!socket.closed && Date.now() < stopDeadline) await sleep(50);
   if (!socket.closed) throw new Error('the WebSocket stayed open after the subscription was stopped');
   log('stopped: the WebSocket closed');
 
-  step = 'a token the server refuses: the subscription says why';
+  current.step = 'a token the server refuses: the subscription says why';
   const refusedHeaders = '{"Authorization": "Bearer not-a-token"}';
   await typeInEditor(page, '.graphiql-editor-tool .graphiql-editor:not(.hidden)', refusedHeaders, 'headers');
   // @graphiql/toolkit also leaves this error unhandled in the page (it rethrows it into an async
@@ -202,7 +171,7 @@ async function main() {
   }
   log(`refused token: "${message}"`);
 
-  step = 'open /graphql again: the headers are still there';
+  current.step = 'open /graphql again: the headers are still there';
   // GraphiQL saves the editors' contents a moment after an edit.
   await page.waitForFunction(
     (headers) => localStorage.getItem('graphiql:headers') === headers, refusedHeaders, { timeout: 5000 });
@@ -216,27 +185,7 @@ async function main() {
   if (pageErrors.length) throw new Error(`the page threw: ${pageErrors.join('; ')}`);
 }
 
-/** A dev token of `role` for `sub`; the server must run with --dev. */
-async function devToken(role, sub) {
-  const url = `${base}/dev/token?role=${role}&sub=${encodeURIComponent(sub)}`;
-  const response = await fetch(url);
-  if (response.status === 404) {
-    throw new Error(`GET /dev/token answered 404: start the server in dev mode (--dev or TICKETHOLD_DEV=1)`);
-  }
-  if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);
-  return (await response.json()).token;
-}
 
-async function gql(token, query, variables) {
-  const response = await fetch(`${base}/graphql`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await response.json();
-  if (body.errors?.length) throw new Error(`GraphQL error: ${JSON.stringify(body.errors[0])}`);
-  return body.data;
-}
 
 /** The text of the CodeMirror editor inside `selector`. */
 function editorValue(page, selector) {
@@ -280,16 +229,4 @@ async function waitForResult(page, done, timeout = 5000) {
   }
 }
 
-/** Waits until `locator`'s text contains `text`; the error tells what it showed instead. */
-async function waitForText(locator, text, timeout = 5000) {
-  try {
-    await locator.filter({ hasText: text }).waitFor({ timeout });
-  } catch {
-    const shown = await locator.textContent({ timeout: 1000 }).catch(() => '(nothing)');
-    throw new Error(`expected "${text}", the page shows "${shown?.trim()}"`);
-  }
-}
 
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
-}
