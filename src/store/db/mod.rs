@@ -101,11 +101,7 @@ impl DbStore {
         let Some(key) = &request.idempotency_key else {
             return Ok(None);
         };
-        let found = hold::Entity::find()
-            .filter(hold::Column::CustomerId.eq(request.customer_id.as_str()))
-            .filter(hold::Column::IdempotencyKey.eq(key.as_str()))
-            .one(&self.db)
-            .await?;
+        let found = queries::hold_by_idempotency_key(&self.db, &request.customer_id, key).await?;
         let Some(found) = found else { return Ok(None) };
         let hold = self
             .get_hold(HoldId(found.id), now)

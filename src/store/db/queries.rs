@@ -491,6 +491,19 @@ pub async fn insert_order(
 }
 
 /// The items of some holds, by hold id.
+/// The hold row a customer made with an idempotency key, if any.
+pub async fn hold_by_idempotency_key<C: ConnectionTrait>(
+    conn: &C,
+    customer: &CustomerId,
+    key: &str,
+) -> StoreResult<Option<hold::Model>> {
+    Ok(hold::Entity::find()
+        .filter(hold::Column::CustomerId.eq(customer.as_str()))
+        .filter(hold::Column::IdempotencyKey.eq(key))
+        .one(conn)
+        .await?)
+}
+
 pub async fn hold_items<C: ConnectionTrait>(
     conn: &C,
     hold_ids: &[Uuid],

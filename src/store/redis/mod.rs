@@ -1040,11 +1040,7 @@ impl RedisStore {
         let Some(key) = &request.idempotency_key else {
             return Ok(None);
         };
-        let found = hold::Entity::find()
-            .filter(hold::Column::CustomerId.eq(request.customer_id.as_str()))
-            .filter(hold::Column::IdempotencyKey.eq(key.as_str()))
-            .one(&self.db)
-            .await?;
+        let found = queries::hold_by_idempotency_key(&self.db, &request.customer_id, key).await?;
         match found {
             Some(model) => self.journaled_hold(HoldId(model.id)).await,
             None => Ok(None),
