@@ -1,7 +1,9 @@
 //! The raw engine references, measured in the same run against the same PostgreSQL and Redis,
 //! so that tickethold's throughput reads as a ratio: (a) the naive database flow, one
 //! transaction per hold with a conditional `UPDATE` of one hot row and an `INSERT`; (b) the raw
-//! Redis flow, one `EVALSHA` of a minimal hold script per hold.
+//! Redis flow, one `EVALSHA` of a minimal hold script per hold; and (c) the request floor, the
+//! cheapest GraphQL request (`{ serverTime }`, a buyer's token verified, no storage) through a
+//! tickethold server with the bench's own client: what any hold pays before it holds anything.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use serde_json::Value;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
     TransactionTrait,
 };
 
 use super::Args;
+use super::api::{Api, Outcome};
 use super::load::new_histogram;
 use super::target;
 
@@ -32,10 +36,14 @@ const HOLD_SCRIPT: &str = "if tonumber(redis.call('GET', KEYS[1])) > 0 then \
     redis.call('DECR', KEYS[1]); redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]); \
     return 1 end return 0";
 
-/// Runs both references with the bench's workload (one hot row of `--capacity`).
+/// Runs the references with the bench's workload (one hot row of `--capacity`).
 pub async fn run_all(args: &Args) -> anyhow::Result<Vec<ReferenceResult>> {
-    eprintln!("== references: naive PostgreSQL, raw Redis");
-    Ok(vec![naive_postgres(args).await?, raw_redis(args).await?])
+    eprintln!("== references: naive PostgreSQL, raw Redis, request floor");
+    Ok(vec![
+        naive_postgres(args).await?,
+        raw_redis(args).await?,
+        request_floor(args).await?,
+    ])
 }
 
 async fn naive_postgres(args: &Args) -> anyhow::Result<ReferenceResult> {
@@ -156,6 +164,28 @@ async fn raw_redis_in(namespace: &str, args: &Args) -> anyhow::Result<ReferenceR
         }
     })
     .await)
+}
+
+/// `{ serverTime }` as `--buyers` distinct buyers against a server of the embedded flow (the
+/// query touches no storage, so the flow does not matter): HTTP, JSON, the token, and GraphQL's
+/// parsing, validation and execution, at the same concurrency as the holds.
+async fn request_floor(args: &Args) -> anyhow::Result<ReferenceResult> {
+    let mut server = target::Server::start(super::Flow::Sqlite, args).await?;
+    let api = Api::new(&server.url(), args.concurrency, &server.secret)?;
+    let result = drive(args, "request floor", move |(_, buyer)| {
+        let api = api.clone();
+        async move {
+            // Signed here, as the flash sale's buyers sign theirs.
+            let token = api.buyer(&format!("buyer-{buyer}"));
+            match api.call_as(&token, "{serverTime}", Value::Null, "serverTime").await {
+                Outcome::Done(_) => Ok(true),
+                other => anyhow::bail!("serverTime failed: {other:?}"),
+            }
+        }
+    })
+    .await;
+    server.stop().await?;
+    Ok(result)
 }
 
 /// Runs `--buyers` holds through `hold((worker, buyer))`, `--concurrency` at once.

@@ -275,7 +275,10 @@ impl Report {
         if self.references.is_empty() {
             return;
         }
-        out.push_str("\nreferences (same buyers, concurrency and capacity, one hot row):\n");
+        out.push_str(
+            "\nreferences (same buyers and concurrency; the first two on one hot row of the same \
+             capacity; the floor's \"won\" is every answer):\n",
+        );
         for r in &self.references {
             let l = r.hold_latency_ms;
             let _ = writeln!(

@@ -1,6 +1,7 @@
 //! `tickethold bench` runs end to end: a small flash sale on the embedded flow, checked by the
-//! bench itself (no oversell, no undersell, every expiry announced), and its JSON report; and a
-//! small crowd of countdown subscribers, every tick of which must arrive.
+//! bench itself (no oversell, no undersell, every expiry announced), with the references beside
+//! it, and its JSON report; and a small crowd of countdown subscribers, every tick of which must
+//! arrive.
 
 use std::process::Command;
 
@@ -18,7 +19,9 @@ fn a_small_flash_sale_passes_the_bench_checks() {
             "--capacity",
             "50",
         ])
-        .args(["--concurrency", "8", "--ttl-secs", "1", "--json"])
+        .args(["--concurrency", "8", "--ttl-secs", "1", "--references", "--json"])
+        .args(["--postgres-url", &crate::support::db::postgres_admin_url()])
+        .args(["--redis-url", &crate::support::db::redis_url()])
         .output()
         .expect("run tickethold bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -38,6 +41,22 @@ fn a_small_flash_sale_passes_the_bench_checks() {
     assert!(flow["expiry_expected"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(flow["failures"], serde_json::json!([]), "{report}");
     assert!(flow["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    // The references ran the same 200 buyers: the two engines sold exactly the 50 tickets of
+    // their hot row, and the request floor answered every buyer.
+    let references = report["references"].as_array().expect("references");
+    let won: Vec<(&str, u64)> = references
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["succeeded"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        won,
+        [("naive PostgreSQL", 50), ("raw Redis", 50), ("request floor", 200)],
+        "{report}"
+    );
+    for reference in references {
+        assert_eq!(reference["failed_requests"], 0, "{report}");
+        assert!(reference["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    }
 }
 
 #[test]
