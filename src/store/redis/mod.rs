@@ -307,6 +307,18 @@ impl RedisStore {
         Ok(true)
     }
 
+    /// Writes the event of a hold, which `event_of` reads.
+    async fn remember_event(&self, hold: HoldId, event: EventId) -> StoreResult<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.hold_event(hold))
+            .arg(event.to_string())
+            .arg("PX")
+            .arg(RETENTION.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
     /// The event of a hold: from Redis, or from the journal once Redis forgot it.
     async fn event_of(&self, hold: HoldId) -> StoreResult<Option<EventId>> {
         let found: Option<String> = redis::cmd("GET")
@@ -767,13 +779,6 @@ impl HoldStore for RedisStore {
         }
         let id = HoldId::random();
         let expires_at = now + request.ttl.as_millis();
-        let _: () = redis::cmd("SET")
-            .arg(self.keys.hold_event(id))
-            .arg(request.event_id.to_string())
-            .arg("PX")
-            .arg(RETENTION.as_millis() as u64)
-            .query_async(&mut self.conn())
-            .await?;
         let mut args = vec![
             id.to_string(),
             request.customer_id.to_string(),
@@ -994,6 +999,9 @@ impl RedisStore {
             return match values.first().map(String::as_str) {
                 Some("OK") => {
                     let (hold, _) = hold_of(&values[1..])?;
+                    // Written once the hold exists, so that a refused hold (most of a flash
+                    // sale) costs one round trip; nobody knows the id before the answer.
+                    self.remember_event(hold.id, hold.event_id).await?;
                     self.journal
                         .record(hold.clone(), revision_of(&values[1..]))
                         .await;
@@ -1005,6 +1013,9 @@ impl RedisStore {
                     let existing: HoldId = field(1).parse().map_err(|_| {
                         StoreError::Invariant("bad idempotency entry in Redis".into())
                     })?;
+                    // Its event is this request's; written again in case the first answer
+                    // never went out (the hold made, its event not yet written).
+                    self.remember_event(existing, request.event_id).await?;
                     match self.get_hold(existing, now).await? {
                         Some(hold) => Ok(request.retry_of(hold)),
                         None => Err(StoreError::Invariant(format!("hold {existing} vanished"))),
