@@ -373,11 +373,11 @@ impl HoldStore for DbStore {
             return self.refuse(&hold, rejection, now).await;
         }
         queries::end_hold(&txn, &mut hold, HoldStatus::Confirmed, now).await?;
+        let order = queries::insert_order(&txn, &hold, &request, now).await?;
         let mut stock = Vec::with_capacity(hold.items.len());
         for item in &hold.items {
             stock.push(queries::sell_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
         }
-        let order = queries::insert_order(&txn, &hold, &request, &stock, now).await?;
         txn.commit().await?;
         self.publish(&hold, stock);
         tracing::info!(hold_id = %hold.id, order_id = %order.id, "hold confirmed");

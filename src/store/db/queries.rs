@@ -431,22 +431,17 @@ pub async fn end_hold(
     Ok(())
 }
 
-/// Writes the order of a hold being confirmed, with the prices of `stock` (the ticket types
-/// just sold, as `sell_held` returned them).
+/// Writes the order of a hold being confirmed, at its ticket types' prices (a price never changes
+/// once its ticket type exists). Called before the sale: the sale locks the ticket types' rows,
+/// the hot rows of a flash sale, and they then stay locked only until the commit.
 pub async fn insert_order(
     txn: &DatabaseTransaction,
     hold: &Hold,
     request: &CheckoutRequest,
-    stock: &[ticket_type::Model],
     now: Millis,
 ) -> StoreResult<Order> {
-    let price = |id: TicketTypeId| {
-        stock
-            .iter()
-            .find(|m| m.id == id.0)
-            .map(|m| m.price_cents)
-            .unwrap_or_default()
-    };
+    let types = ticket_types(txn, hold.items.iter().map(|item| &item.ticket_type_id)).await?;
+    let price = |id: TicketTypeId| types.get(&id).map(|m| m.price_cents).unwrap_or_default();
     let items: Vec<crate::domain::OrderItem> = hold
         .items
         .iter()

@@ -646,8 +646,9 @@ impl RedisStore {
     }
 }
 
-/// Inside the checkout transaction: journals the hold as confirmed, sells its stock if the
-/// database agrees it exists, and writes the order.
+/// Inside the checkout transaction: journals the hold as confirmed, writes the order, and sells
+/// its stock if the database agrees it exists; the sale last, since it locks the ticket types'
+/// rows (hot in a flash sale) until the commit.
 async fn sell_in(
     txn: &sea_orm::DatabaseTransaction,
     hold: &Hold,
@@ -661,16 +662,15 @@ async fn sell_in(
         // The journal already ended this hold (a pin reconciled away, then an expiry): no sale.
         return Ok(Err(Rejection::HoldExpired));
     }
-    let mut stock = Vec::with_capacity(hold.items.len());
+    let order = queries::insert_order(txn, hold, request, now).await?;
     for item in &hold.items {
-        match queries::sell_double_checked(txn, item.ticket_type_id, item.quantity as i32).await? {
-            Ok(model) => stock.push(model),
-            Err(rejection) => return Ok(Err(rejection)),
+        if let Err(rejection) =
+            queries::sell_double_checked(txn, item.ticket_type_id, item.quantity as i32).await?
+        {
+            return Ok(Err(rejection));
         }
     }
-    Ok(Ok(
-        queries::insert_order(txn, hold, request, &stock, now).await?
-    ))
+    Ok(Ok(order))
 }
 
 fn is_unique_violation(error: &sea_orm::DbErr) -> bool {
