@@ -519,3 +519,59 @@ async fn unreachable_redis_or_database_answers_unavailable_quickly() {
         asked.elapsed()
     );
 }
+
+/// A hold's event is written after its script made it. An instance that died in between never
+/// answered, and its journal entry may be lost with it; the client's retry with the same
+/// idempotency key must still get that hold, readable by id.
+#[tokio::test]
+async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
+    use entity::{hold, hold_item};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use tickethold::domain::{CustomerId, HoldRequest, Millis, NewTicketType};
+
+    let db = TestDb::sqlite();
+    let limits = Limits::default();
+    let (store, _namespace) = db.redis_store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Retry".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "GA".into(), 100, 10, None, &limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let request = || {
+        let customer = CustomerId::new("buyer".into(), &limits).unwrap();
+        let items = [(ticket_type.id, 2)];
+        HoldRequest::new(event.id, customer, items, Some(60), Some("k".into()), &limits).unwrap()
+    };
+    let first = store.hold(request(), now).await.unwrap().unwrap();
+
+    // The instance dies after the script: no event key, no journal entry (once the journal
+    // has written it, it is taken away again).
+    let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
+    let journaled = || hold::Entity::find_by_id(first.id.0).one(&conn);
+    let started = Instant::now();
+    while journaled().await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never journaled");
+        tokio::task::yield_now().await;
+    }
+    hold_item::Entity::delete_many()
+        .filter(hold_item::Column::HoldId.eq(first.id.0))
+        .exec(&conn)
+        .await
+        .unwrap();
+    hold::Entity::delete_by_id(first.id.0).exec(&conn).await.unwrap();
+    let mut redis = redis::Client::open(crate::support::db::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let removed: i64 = redis::cmd("DEL")
+        .arg(store.keys().hold_event(first.id))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the event of the hold was written");
+
+    let retried = store.hold(request(), now).await.unwrap().unwrap();
+    assert_eq!(retried.id, first.id, "the retry gets the hold it made");
+    let read = store.get_hold(first.id, now).await.unwrap();
+    assert_eq!(read.map(|hold| hold.id), Some(first.id), "readable by id again");
+}
