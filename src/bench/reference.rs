@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use serde_json::Value;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
     TransactionTrait,
 };
+use serde_json::Value;
 
 use super::Args;
 use super::api::{Api, Outcome};
@@ -177,7 +177,10 @@ async fn request_floor(args: &Args) -> anyhow::Result<ReferenceResult> {
         async move {
             // Signed here, as the flash sale's buyers sign theirs.
             let token = api.buyer(&format!("buyer-{buyer}"));
-            match api.call_as(&token, "{serverTime}", Value::Null, "serverTime").await {
+            match api
+                .call_as(&token, "{serverTime}", Value::Null, "serverTime")
+                .await
+            {
                 Outcome::Done(_) => Ok(true),
                 other => anyhow::bail!("serverTime failed: {other:?}"),
             }

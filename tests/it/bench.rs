@@ -19,7 +19,14 @@ fn a_small_flash_sale_passes_the_bench_checks() {
             "--capacity",
             "50",
         ])
-        .args(["--concurrency", "8", "--ttl-secs", "1", "--references", "--json"])
+        .args([
+            "--concurrency",
+            "8",
+            "--ttl-secs",
+            "1",
+            "--references",
+            "--json",
+        ])
         .args(["--postgres-url", &crate::support::db::postgres_admin_url()])
         .args(["--redis-url", &crate::support::db::redis_url()])
         .output()
@@ -46,16 +53,28 @@ fn a_small_flash_sale_passes_the_bench_checks() {
     let references = report["references"].as_array().expect("references");
     let won: Vec<(&str, u64)> = references
         .iter()
-        .map(|r| (r["name"].as_str().unwrap(), r["succeeded"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["succeeded"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         won,
-        [("naive PostgreSQL", 50), ("raw Redis", 50), ("request floor", 200)],
+        [
+            ("naive PostgreSQL", 50),
+            ("raw Redis", 50),
+            ("request floor", 200)
+        ],
         "{report}"
     );
     for reference in references {
         assert_eq!(reference["failed_requests"], 0, "{report}");
-        assert!(reference["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(
+            reference["holds_per_sec"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
     }
 }
 

@@ -539,7 +539,15 @@ async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
     let request = || {
         let customer = CustomerId::new("buyer".into(), &limits).unwrap();
         let items = [(ticket_type.id, 2)];
-        HoldRequest::new(event.id, customer, items, Some(60), Some("k".into()), &limits).unwrap()
+        HoldRequest::new(
+            event.id,
+            customer,
+            items,
+            Some(60),
+            Some("k".into()),
+            &limits,
+        )
+        .unwrap()
     };
     let first = store.hold(request(), now).await.unwrap().unwrap();
 
@@ -549,7 +557,10 @@ async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
     let journaled = || hold::Entity::find_by_id(first.id.0).one(&conn);
     let started = Instant::now();
     while journaled().await.unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(5), "never journaled");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never journaled"
+        );
         tokio::task::yield_now().await;
     }
     hold_item::Entity::delete_many()
@@ -557,7 +568,10 @@ async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
         .exec(&conn)
         .await
         .unwrap();
-    hold::Entity::delete_by_id(first.id.0).exec(&conn).await.unwrap();
+    hold::Entity::delete_by_id(first.id.0)
+        .exec(&conn)
+        .await
+        .unwrap();
     let mut redis = redis::Client::open(crate::support::db::redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -573,5 +587,9 @@ async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
     let retried = store.hold(request(), now).await.unwrap().unwrap();
     assert_eq!(retried.id, first.id, "the retry gets the hold it made");
     let read = store.get_hold(first.id, now).await.unwrap();
-    assert_eq!(read.map(|hold| hold.id), Some(first.id), "readable by id again");
+    assert_eq!(
+        read.map(|hold| hold.id),
+        Some(first.id),
+        "readable by id again"
+    );
 }

@@ -39,7 +39,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             });
     } else {
         let connections = max_connections.max(1);
-        options.max_connections(connections).min_connections(connections);
+        options
+            .max_connections(connections)
+            .min_connections(connections);
     }
     let db = Database::connect(options).await?;
     Migrator::up(&db, None).await?;
