@@ -39,7 +39,7 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = DATABASE_URL_DEFAULT, hide_env_values = true)]
     pub database_url: String,
 
-    /// Connections in the PostgreSQL pool (SQLite always uses one).
+    /// Connections in the PostgreSQL pool, opened at start and kept (SQLite always uses one).
     #[arg(
         long,
         env = "TICKETHOLD_DATABASE_CONNECTIONS_MAX",
