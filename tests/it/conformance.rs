@@ -210,17 +210,12 @@ fn rejected(rejection: &Rejection) -> String {
     }
 }
 
-/// Runs `script` against a fresh store of each flow: the database flow on SQLite and on
-/// PostgreSQL, and the Redis flow (with PostgreSQL for orders and the journal).
-async fn check(name: &str, script: &str) {
-    let limits = Limits {
-        hold_ttl_secs_default: 300,
-        hold_ttl_secs_max: 600,
-        hold_lifetime_secs_max: 900,
-        ..Limits::default()
-    };
-    // Each store with its name and what must live as long as it (databases, namespaces).
-    type Guard = Box<dyn std::any::Any>;
+/// What must live as long as a store (its databases, its Redis namespace).
+type Guard = Box<dyn std::any::Any>;
+
+/// A fresh store of each flow, with its name: the database flow on SQLite and on PostgreSQL,
+/// and the Redis flow (with PostgreSQL for orders and the journal).
+async fn every_store(limits: &Limits) -> Vec<(String, Arc<dyn HoldStore>, Guard)> {
     let mut stores: Vec<(String, Arc<dyn HoldStore>, Guard)> = Vec::new();
     for db in TestDb::both().await {
         let (store, _bus) = db.store(limits.clone()).await;
@@ -229,7 +224,22 @@ async fn check(name: &str, script: &str) {
     let db = TestDb::postgres().await;
     let (store, namespace) = db.redis_store(limits.clone()).await;
     stores.push(("redis".to_owned(), store, Box::new((namespace, db))));
-    for (kind, store, _guard) in stores {
+    stores
+}
+
+fn script_limits() -> Limits {
+    Limits {
+        hold_ttl_secs_default: 300,
+        hold_ttl_secs_max: 600,
+        hold_lifetime_secs_max: 900,
+        ..Limits::default()
+    }
+}
+
+/// Runs `script` against a fresh store of each flow.
+async fn check(name: &str, script: &str) {
+    let limits = script_limits();
+    for (kind, store, _guard) in every_store(&limits).await {
         let event = store.create_event("Concert".into(), START).await.unwrap();
         let mut state = Script {
             store,
@@ -377,6 +387,73 @@ async fn a_retry_with_the_same_idempotency_key_returns_the_same_hold() {
     ",
     )
     .await;
+}
+
+/// Requests decided together (the database flow commits concurrent holds in one batch) keep
+/// the rules of requests decided one by one: every retry of a hold gets that hold, even once
+/// its ticket type is sold out; concurrent requests with one new key make one hold; another
+/// customer's same key is another customer's hold.
+#[tokio::test]
+async fn concurrent_requests_make_one_hold_per_customer_and_idempotency_key() {
+    let limits = script_limits();
+    for (kind, store, _guard) in every_store(&limits).await {
+        let event = store.create_event("Keys".into(), START).await.unwrap();
+        let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
+        let ticket_type = store.create_ticket_type(new, START).await.unwrap().unwrap();
+        let request = |customer: &str, key: &str| {
+            let customer = CustomerId::new(customer.into(), &limits).unwrap();
+            let items = [(ticket_type.id, 1)];
+            HoldRequest::new(event.id, customer, items, None, Some(key.into()), &limits).unwrap()
+        };
+        let first = store
+            .hold(request("c1", "k"), START)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let asked = [("c1", "k"), ("c2", "k"), ("c3", "j")].repeat(3);
+        let answers = futures::future::join_all(
+            asked
+                .iter()
+                .map(|(customer, key)| store.hold(request(customer, key), START)),
+        )
+        .await;
+        let mut ids: HashMap<&str, Vec<HoldId>> = HashMap::new();
+        for ((customer, _), answer) in asked.iter().zip(answers) {
+            let hold = answer.unwrap().unwrap_or_else(|r| panic!("{kind}: {r:?}"));
+            ids.entry(customer).or_default().push(hold.id);
+        }
+        assert!(
+            ids["c1"].iter().all(|id| *id == first.id),
+            "{kind}: {ids:?}"
+        );
+        for customer in ["c2", "c3"] {
+            let made = &ids[customer];
+            assert!(made.iter().all(|id| *id == made[0]), "{kind}: {ids:?}");
+            assert_ne!(made[0], first.id, "{kind}: {ids:?}");
+        }
+        assert_ne!(ids["c2"][0], ids["c3"][0], "{kind}: {ids:?}");
+        let availability = store
+            .availability(ticket_type.id, START)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (availability.held, availability.available()),
+            (3, 0),
+            "{kind}"
+        );
+
+        // Sold out now: a retry still gets its hold, a new key gets SOLD_OUT.
+        let again = store.hold(request("c2", "k"), START).await.unwrap();
+        assert_eq!(again.map(|hold| hold.id), Ok(ids["c2"][0]), "{kind}");
+        let refused = store.hold(request("c2", "other"), START).await.unwrap();
+        assert!(
+            matches!(refused, Err(Rejection::SoldOut { .. })),
+            "{kind}: {refused:?}"
+        );
+        assert!(store.verify().await.unwrap().is_empty(), "{kind}");
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Group commit of holds. Concurrent hold requests queue here; one task takes every request
 //! waiting and decides them all in a single transaction: it locks the ticket types they touch
-//! (ascending id), reads the customers' counts once, decides each request in arrival order in
-//! memory (all-or-nothing, limits, stock), then raises each ticket type's `held` once, writes
+//! (ascending id), reads the customers' counts and the holds already made under the requests'
+//! idempotency keys once, decides each request in arrival order in memory (a retry of a hold
+//! made, or all-or-nothing, limits, stock), then raises each ticket type's `held` once, writes
 //! the new holds in a few statements and commits once. A flash sale of N buyers pays for a
 //! handful of round trips and commits (each a disk flush holding the hot row's lock) instead of
 //! N transactions that would queue one by one on the hot row's lock.
@@ -16,10 +17,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use entity::ticket_type;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use super::convert::availability_of;
 use super::{queries, take_stock};
-use crate::domain::{Hold, HoldRequest, Millis, Rejection, TicketTypeId};
+use crate::domain::{Hold, HoldId, HoldRequest, Millis, Rejection, TicketTypeId};
 use crate::events::Bus;
 use crate::store::{Outcome, StoreError, StoreResult};
 
@@ -27,11 +29,16 @@ use crate::store::{Outcome, StoreError, StoreResult};
 const BATCH_MAX: usize = 256;
 
 /// What a request came to.
-pub struct Answer {
-    pub outcome: Outcome<Hold>,
-    /// Sold out while active holds past their `expires_at` still hold stock of the ticket type:
-    /// worth expiring them and asking again.
-    pub overdue_in_the_way: bool,
+pub enum Answer {
+    /// A hold was made under the request's idempotency key already (committed before this
+    /// batch, or earlier in it): the request is a retry of that hold.
+    Retry(HoldId),
+    Decided {
+        outcome: Outcome<Hold>,
+        /// Sold out while active holds past their `expires_at` still hold stock of the ticket
+        /// type: worth expiring them and asking again.
+        overdue_in_the_way: bool,
+    },
 }
 
 struct Job {
@@ -161,13 +168,21 @@ async fn decide_all(
         .collect();
     // The latest instant of the batch: a hold past its expiry then counts for nobody.
     let now = jobs.iter().map(|job| job.now).max().unwrap_or_default();
+    let keys: Vec<(&str, &str)> = jobs.iter().filter_map(|job| key_of(&job.request)).collect();
     let mut ledger = Ledger {
         types: &types,
         taken: BTreeMap::new(),
         owned: queries::customer_quantities(txn, &customers, &limited, now).await?,
+        made: queries::hold_ids_by_idempotency_keys(txn, &keys).await?,
     };
-    let decisions: Vec<Outcome<Hold>> = jobs.iter().map(|job| ledger.decide(job)).collect();
-    let holds: Vec<&Hold> = decisions.iter().filter_map(|d| d.as_ref().ok()).collect();
+    let decisions: Vec<Decision> = jobs.iter().map(|job| ledger.decide(job)).collect();
+    let holds: Vec<&Hold> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Made(Ok(hold)) => Some(hold),
+            _ => None,
+        })
+        .collect();
     queries::insert_holds(txn, &holds).await?;
     let mut stock = Vec::with_capacity(ledger.taken.len());
     for (id, quantity) in &ledger.taken {
@@ -178,15 +193,28 @@ async fn decide_all(
             })?;
         stock.push(model);
     }
-    let overdue = overdue_in_the_way(txn, &decisions, now).await?;
+    let outcomes = decisions.iter().filter_map(|d| match d {
+        Decision::Made(outcome) => Some(outcome),
+        Decision::Retry(_) => None,
+    });
+    let overdue = overdue_in_the_way(txn, outcomes, now).await?;
     let answers = decisions
         .into_iter()
-        .map(|decision| Answer {
-            overdue_in_the_way: blocked_by(&decision).is_some_and(|id| overdue.contains(&id)),
-            outcome: decision,
+        .map(|decision| match decision {
+            Decision::Retry(id) => Answer::Retry(id),
+            Decision::Made(outcome) => Answer::Decided {
+                overdue_in_the_way: blocked_by(&outcome).is_some_and(|id| overdue.contains(&id)),
+                outcome,
+            },
         })
         .collect();
     Ok((answers, stock))
+}
+
+/// The (customer, idempotency key) of a request that has a key.
+fn key_of(request: &HoldRequest) -> Option<(&str, &str)> {
+    let key = request.idempotency_key.as_deref()?;
+    Some((request.customer_id.as_str(), key))
 }
 
 fn publish(bus: &Bus, stock: Vec<ticket_type::Model>) {
@@ -205,12 +233,12 @@ fn blocked_by<T>(decision: &Outcome<T>) -> Option<TicketTypeId> {
 
 /// The ticket types that some decisions were sold out of and on which overdue holds still
 /// count (one query for the batch, none when nothing was sold out).
-async fn overdue_in_the_way<T>(
+async fn overdue_in_the_way<'a, T: 'a>(
     txn: &DatabaseTransaction,
-    decisions: &[Outcome<T>],
+    decisions: impl IntoIterator<Item = &'a Outcome<T>>,
     now: Millis,
 ) -> StoreResult<BTreeSet<TicketTypeId>> {
-    let blocked: BTreeSet<TicketTypeId> = decisions.iter().filter_map(blocked_by).collect();
+    let blocked: BTreeSet<TicketTypeId> = decisions.into_iter().filter_map(blocked_by).collect();
     if blocked.is_empty() {
         return Ok(BTreeSet::new());
     }
@@ -223,18 +251,38 @@ async fn overdue_in_the_way<T>(
         .collect())
 }
 
-/// What a batch has decided so far: the stock it took per ticket type, and what each customer
-/// owns of each limited ticket type.
+/// What a batch decided for one request.
+enum Decision {
+    Retry(HoldId),
+    Made(Outcome<Hold>),
+}
+
+/// What a batch has decided so far: the stock it took per ticket type, what each customer
+/// owns of each limited ticket type, and the holds made under each idempotency key.
 struct Ledger<'a> {
     types: &'a BTreeMap<TicketTypeId, ticket_type::Model>,
     taken: BTreeMap<TicketTypeId, i32>,
     owned: HashMap<(String, TicketTypeId), i64>,
+    made: HashMap<(String, String), Uuid>,
 }
 
 impl Ledger<'_> {
     /// Decides one request with the same rules, in the same order, as a transaction of its own
-    /// would (see `take_stock`), and books what it takes.
-    fn decide(&mut self, job: &Job) -> Outcome<Hold> {
+    /// would (see `alone`), and books what it takes.
+    fn decide(&mut self, job: &Job) -> Decision {
+        let key = key_of(&job.request).map(|(customer, key)| (customer.to_owned(), key.to_owned()));
+        if let Some(id) = key.as_ref().and_then(|key| self.made.get(key)) {
+            return Decision::Retry(HoldId(*id));
+        }
+        let outcome = self.take(job);
+        if let (Ok(hold), Some(key)) = (&outcome, key) {
+            self.made.insert(key, hold.id.0);
+        }
+        Decision::Made(outcome)
+    }
+
+    /// The stock rules of `take_stock`, against the ledger.
+    fn take(&mut self, job: &Job) -> Outcome<Hold> {
         let request = &job.request;
         let customer = request.customer_id.as_str();
         let of_event = |id| {
@@ -290,12 +338,19 @@ async fn alone(
     now: Millis,
 ) -> StoreResult<Answer> {
     let txn = db.begin().await?;
+    if let Some(key) = &request.idempotency_key
+        && let Some(found) =
+            queries::hold_by_idempotency_key(&txn, &request.customer_id, key).await?
+    {
+        txn.rollback().await.ok();
+        return Ok(Answer::Retry(HoldId(found.id)));
+    }
     let outcome = attempt(&txn, request, now).await;
     let outcome = match outcome {
         Ok(Ok((hold, stock))) => {
             txn.commit().await?;
             publish(bus, stock);
-            return Ok(Answer {
+            return Ok(Answer::Decided {
                 outcome: Ok(hold),
                 overdue_in_the_way: false,
             });
@@ -306,10 +361,10 @@ async fn alone(
             return Err(error);
         }
     };
-    let overdue = overdue_in_the_way(&txn, std::slice::from_ref(&outcome), now).await;
+    let overdue = overdue_in_the_way(&txn, [&outcome], now).await;
     txn.rollback().await.ok();
     let overdue_in_the_way = !overdue?.is_empty();
-    Ok(Answer {
+    Ok(Answer::Decided {
         outcome,
         overdue_in_the_way,
     })

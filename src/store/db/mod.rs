@@ -28,6 +28,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use self::batch::Answer;
 use self::convert::{availability_of, hold_of};
 use super::{Drift, HoldStore, Outcome, StoreError, StoreResult};
 use crate::domain::{
@@ -103,11 +104,21 @@ impl DbStore {
         };
         let found = queries::hold_by_idempotency_key(&self.db, &request.customer_id, key).await?;
         let Some(found) = found else { return Ok(None) };
+        Ok(Some(self.retry(request, HoldId(found.id), now).await?))
+    }
+
+    /// The answer to `request`, a retry of the hold `id` made under its idempotency key.
+    async fn retry(
+        &self,
+        request: &HoldRequest,
+        id: HoldId,
+        now: Millis,
+    ) -> StoreResult<Outcome<Hold>> {
         let hold = self
-            .get_hold(HoldId(found.id), now)
+            .get_hold(id, now)
             .await?
-            .ok_or_else(|| StoreError::Invariant(format!("hold {} vanished", found.id)))?;
-        Ok(Some(request.retry_of(hold)))
+            .ok_or_else(|| StoreError::Invariant(format!("hold {id} vanished")))?;
+        Ok(request.retry_of(hold))
     }
 
     /// One attempt at a hold, committed (with the other holds of its batch) before it returns;
@@ -117,10 +128,16 @@ impl DbStore {
         request: &HoldRequest,
         now: Millis,
     ) -> StoreResult<(Outcome<Hold>, bool)> {
-        let answer = self.holds.hold(request.clone(), now).await?;
-        let hold = match answer.outcome {
+        let (outcome, overdue_in_the_way) = match self.holds.hold(request.clone(), now).await? {
+            Answer::Retry(id) => return Ok((self.retry(request, id, now).await?, false)),
+            Answer::Decided {
+                outcome,
+                overdue_in_the_way,
+            } => (outcome, overdue_in_the_way),
+        };
+        let hold = match outcome {
             Ok(hold) => hold,
-            Err(rejection) => return Ok((Err(rejection), answer.overdue_in_the_way)),
+            Err(rejection) => return Ok((Err(rejection), overdue_in_the_way)),
         };
         // The batch published the new stock once, after its commit.
         self.wakeup.schedule(hold.expires_at);
@@ -275,9 +292,8 @@ impl HoldStore for DbStore {
     }
 
     async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Outcome<Hold>> {
-        if let Some(found) = self.find_by_idempotency_key(&request, now).await? {
-            return Ok(found);
-        }
+        // A retry is found by its idempotency key inside the batch, which looks up the keys of
+        // every request it decides in one statement.
         if !self.events.exists(&self.db, request.event_id).await? {
             return Ok(Err(Rejection::NotFound { what: "event" }));
         }

@@ -3,7 +3,7 @@
 //! (Redis flow) `sell_double_checked`, each a conditional `UPDATE ... RETURNING` that locks the
 //! ticket type row.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use entity::{event, hold, hold_item, order, order_item, ticket_type};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
@@ -485,7 +485,6 @@ pub async fn insert_order(
     Ok(order)
 }
 
-/// The items of some holds, by hold id.
 /// The hold row a customer made with an idempotency key, if any.
 pub async fn hold_by_idempotency_key<C: ConnectionTrait>(
     conn: &C,
@@ -499,6 +498,35 @@ pub async fn hold_by_idempotency_key<C: ConnectionTrait>(
         .await?)
 }
 
+/// `hold_by_idempotency_key` for several (customer, key) pairs in one statement: the id of the
+/// hold made under each pair that has one.
+pub async fn hold_ids_by_idempotency_keys<C: ConnectionTrait>(
+    conn: &C,
+    pairs: &[(&str, &str)],
+) -> StoreResult<HashMap<(String, String), Uuid>> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Both columns filtered by their sets (the unique index serves it), exact pairs kept here.
+    let wanted: HashSet<&(&str, &str)> = pairs.iter().collect();
+    let rows: Vec<(Uuid, String, Option<String>)> = hold::Entity::find()
+        .select_only()
+        .column(hold::Column::Id)
+        .column(hold::Column::CustomerId)
+        .column(hold::Column::IdempotencyKey)
+        .filter(hold::Column::CustomerId.is_in(pairs.iter().map(|(customer, _)| *customer)))
+        .filter(hold::Column::IdempotencyKey.is_in(pairs.iter().map(|(_, key)| *key)))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, customer, key)| Some(((customer, key?), id)))
+        .filter(|((customer, key), _)| wanted.contains(&(customer.as_str(), key.as_str())))
+        .collect())
+}
+
+/// The items of some holds, by hold id.
 pub async fn hold_items<C: ConnectionTrait>(
     conn: &C,
     hold_ids: &[Uuid],
