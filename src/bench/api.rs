@@ -33,8 +33,9 @@ pub enum Outcome {
     Failed(String),
 }
 
-const HOLD: &str = "mutation($e:ID!,$t:ID!,$q:Int!,$ttl:Int){holdTickets(input:{eventId:$e,\
-    items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl}){id expiresAt}}";
+const HOLD: &str = "mutation($e:ID!,$t:ID!,$q:Int!,$ttl:Int,$k:String){holdTickets(input:{\
+    eventId:$e,items:[{ticketTypeId:$t,quantity:$q}],ttlSeconds:$ttl,idempotencyKey:$k})\
+    {id expiresAt}}";
 const CHECKOUT: &str =
     "mutation($h:ID!,$p:String!){checkout(input:{holdId:$h,paymentReference:$p}){id}}";
 const RELEASE: &str = "mutation($h:ID!){releaseHold(holdId:$h){id status}}";
@@ -151,7 +152,8 @@ impl Api {
         Ok(server - (before + after) / 2)
     }
 
-    /// A hold by the buyer whose `Bearer` token is `buyer`.
+    /// A hold by the buyer whose `Bearer` token is `buyer`, with an idempotency key of its own,
+    /// as the buyer's page sends (so that a retry could never make a second hold).
     pub async fn hold(
         &self,
         buyer: &str,
@@ -160,7 +162,9 @@ impl Api {
         quantity: u32,
         ttl_secs: u32,
     ) -> Outcome {
-        let variables = json!({"e": event, "t": ticket_type, "q": quantity, "ttl": ttl_secs});
+        let key = uuid::Uuid::new_v4().to_string();
+        let variables =
+            json!({"e": event, "t": ticket_type, "q": quantity, "ttl": ttl_secs, "k": key});
         self.call_as(buyer, HOLD, variables, "holdTickets").await
     }
 
