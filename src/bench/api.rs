@@ -152,8 +152,9 @@ impl Api {
         Ok(server - (before + after) / 2)
     }
 
-    /// A hold by the buyer whose `Bearer` token is `buyer`, with an idempotency key of its own,
-    /// as the buyer's page sends (so that a retry could never make a second hold).
+    /// A hold by the buyer whose `Bearer` token is `buyer`; with `keyed`, it carries an
+    /// idempotency key of its own, as the buyer's page sends (so that a retry could never make
+    /// a second hold).
     pub async fn hold(
         &self,
         buyer: &str,
@@ -161,8 +162,9 @@ impl Api {
         ticket_type: &str,
         quantity: u32,
         ttl_secs: u32,
+        keyed: bool,
     ) -> Outcome {
-        let key = uuid::Uuid::new_v4().to_string();
+        let key = keyed.then(|| uuid::Uuid::new_v4().to_string());
         let variables =
             json!({"e": event, "t": ticket_type, "q": quantity, "ttl": ttl_secs, "k": key});
         self.call_as(buyer, HOLD, variables, "holdTickets").await

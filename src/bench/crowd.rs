@@ -245,6 +245,7 @@ async fn create_holds(api: &Api, args: &Args, event_id: &str, type_id: &str) -> 
             let (api, next, progress) = (api.clone(), next.clone(), progress.clone());
             let (event_id, type_id) = (event_id.to_owned(), type_id.to_owned());
             let (holds, subscribers) = (args.crowd_holds, args.crowd_subscribers as u64);
+            let keyed = !args.no_idempotency_keys;
             tokio::spawn(async move {
                 let mut tally = Holds::default();
                 loop {
@@ -254,7 +255,7 @@ async fn create_holds(api: &Api, args: &Args, event_id: &str, type_id: &str) -> 
                     }
                     let buyer = api.buyer(&format!("crowd-{index}"));
                     let outcome = api
-                        .hold(&buyer, &event_id, &type_id, 1, HOLD_TTL_SECS)
+                        .hold(&buyer, &event_id, &type_id, 1, HOLD_TTL_SECS, keyed)
                         .await;
                     match outcome {
                         Outcome::Done(hold) => match hold["id"].as_str() {

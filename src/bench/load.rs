@@ -218,6 +218,7 @@ async fn rush_worker(s: Shared) -> Tally {
                 &s.type_ids[type_index],
                 s.args.quantity,
                 ttl_secs(&s),
+                !s.args.no_idempotency_keys,
             )
             .await;
         record_latency(tally.latency_us.as_mut(), sent.elapsed());

@@ -104,6 +104,11 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub ttl_secs: u32,
 
+    /// Send holds without an idempotency key (by default each carries one of its own, as the
+    /// buyer's page sends): what a hold costs without the retry protection.
+    #[arg(long)]
+    pub no_idempotency_keys: bool,
+
     /// The JWT secret of the server at `--url`, to sign the buyers' tokens with (servers the
     /// bench starts get a random one). Give that server no rate limits, or the load from one
     /// address is refused.

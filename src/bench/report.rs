@@ -29,6 +29,7 @@ pub struct Workload {
     pub checkout_share: f64,
     pub release_share: f64,
     pub ttl_secs: u32,
+    pub idempotency_keys: bool,
 }
 
 #[derive(Serialize, Clone, Copy, Default)]
@@ -176,6 +177,7 @@ impl Report {
             checkout_share: args.checkout_share,
             release_share: args.release_share,
             ttl_secs: args.ttl_secs,
+            idempotency_keys: !args.no_idempotency_keys,
         };
         Report {
             workload,
@@ -259,7 +261,7 @@ impl Report {
         let w = &self.workload;
         format!(
             "\nflash sale: {} buyers, {} at once, {} ticket type(s) of {} tickets, {} per hold, \
-             {:.0}% check out, {:.0}% release, TTL {} s\n\n",
+             {:.0}% check out, {:.0}% release, TTL {} s, {}\n\n",
             w.buyers,
             w.concurrency,
             w.ticket_types,
@@ -267,7 +269,12 @@ impl Report {
             w.quantity,
             w.checkout_share * 100.0,
             w.release_share * 100.0,
-            w.ttl_secs
+            w.ttl_secs,
+            if w.idempotency_keys {
+                "an idempotency key per hold"
+            } else {
+                "no idempotency keys"
+            }
         )
     }
 

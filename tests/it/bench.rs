@@ -48,6 +48,8 @@ fn a_small_flash_sale_passes_the_bench_checks() {
     assert!(flow["expiry_expected"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(flow["failures"], serde_json::json!([]), "{report}");
     assert!(flow["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    // Its holds carried idempotency keys, as the buyer's page sends them.
+    assert_eq!(report["workload"]["idempotency_keys"], true, "{report}");
     // The references ran the same 200 buyers: the two engines sold exactly the 50 tickets of
     // their hot row, and the request floor answered every buyer.
     let references = report["references"].as_array().expect("references");
