@@ -520,6 +520,63 @@ async fn unreachable_redis_or_database_answers_unavailable_quickly() {
     );
 }
 
+/// A keyed hold of two tickets made through `store` and written by its journal: the request
+/// (to retry) and the hold.
+async fn journaled_keyed_hold(
+    store: &tickethold::store::redis::RedisStore,
+    db: &TestDb,
+    limits: &Limits,
+) -> (tickethold::domain::HoldRequest, tickethold::domain::Hold) {
+    use sea_orm::EntityTrait;
+    use tickethold::domain::{CustomerId, HoldRequest, Millis, NewTicketType};
+
+    let now = Millis::now();
+    let event = store.create_event("Retry".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "GA".into(), 100, 10, None, limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let customer = CustomerId::new("buyer".into(), limits).unwrap();
+    let items = [(ticket_type.id, 2)];
+    let request = HoldRequest::new(
+        event.id,
+        customer,
+        items,
+        Some(60),
+        Some("k".into()),
+        limits,
+    )
+    .unwrap();
+    let hold = store.hold(request.clone(), now).await.unwrap().unwrap();
+    let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
+    let started = Instant::now();
+    while entity::hold::Entity::find_by_id(hold.id.0)
+        .one(&conn)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never journaled"
+        );
+        tokio::task::yield_now().await;
+    }
+    (request, hold)
+}
+
+async fn delete_redis_keys(keys: &[String]) {
+    let mut redis = redis::Client::open(crate::support::db::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let removed: usize = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(removed, keys.len(), "every key was there: {keys:?}");
+}
+
 /// A hold's event is written after its script made it. An instance that died in between never
 /// answered, and its journal entry may be lost with it; the client's retry with the same
 /// idempotency key must still get that hold, readable by id.
@@ -527,42 +584,16 @@ async fn unreachable_redis_or_database_answers_unavailable_quickly() {
 async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
     use entity::{hold, hold_item};
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    use tickethold::domain::{CustomerId, HoldRequest, Millis, NewTicketType};
 
     let db = TestDb::sqlite();
     let limits = Limits::default();
     let (store, _namespace) = db.redis_store(limits.clone()).await;
-    let now = Millis::now();
-    let event = store.create_event("Retry".into(), now).await.unwrap();
-    let new = NewTicketType::new(event.id, "GA".into(), 100, 10, None, &limits).unwrap();
-    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
-    let request = || {
-        let customer = CustomerId::new("buyer".into(), &limits).unwrap();
-        let items = [(ticket_type.id, 2)];
-        HoldRequest::new(
-            event.id,
-            customer,
-            items,
-            Some(60),
-            Some("k".into()),
-            &limits,
-        )
-        .unwrap()
-    };
-    let first = store.hold(request(), now).await.unwrap().unwrap();
+    let (request, first) = journaled_keyed_hold(&store, &db, &limits).await;
+    let now = tickethold::domain::Millis::now();
 
-    // The instance dies after the script: no event key, no journal entry (once the journal
-    // has written it, it is taken away again).
+    // The instance dies after the script: no event key, no journal entry (the journal wrote
+    // it, so it is taken away again).
     let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
-    let journaled = || hold::Entity::find_by_id(first.id.0).one(&conn);
-    let started = Instant::now();
-    while journaled().await.unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never journaled"
-        );
-        tokio::task::yield_now().await;
-    }
     hold_item::Entity::delete_many()
         .filter(hold_item::Column::HoldId.eq(first.id.0))
         .exec(&conn)
@@ -572,19 +603,9 @@ async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
         .exec(&conn)
         .await
         .unwrap();
-    let mut redis = redis::Client::open(crate::support::db::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let removed: i64 = redis::cmd("DEL")
-        .arg(store.keys().hold_event(first.id))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(removed, 1, "the event of the hold was written");
+    delete_redis_keys(&[store.keys().hold_event(first.id)]).await;
 
-    let retried = store.hold(request(), now).await.unwrap().unwrap();
+    let retried = store.hold(request, now).await.unwrap().unwrap();
     assert_eq!(retried.id, first.id, "the retry gets the hold it made");
     let read = store.get_hold(first.id, now).await.unwrap();
     assert_eq!(
@@ -592,4 +613,31 @@ async fn a_retry_finds_a_hold_whose_first_answer_never_went_out() {
         Some(first.id),
         "readable by id again"
     );
+}
+
+/// Redis forgot a customer's idempotency key (its retention ran out, or it lost its data):
+/// the retry finds the hold in the journal rather than make a second one.
+#[tokio::test]
+async fn a_retry_that_redis_forgot_finds_its_hold_in_the_journal() {
+    let db = TestDb::sqlite();
+    let limits = Limits::default();
+    let (store, _namespace) = db.redis_store(limits.clone()).await;
+    let (request, first) = journaled_keyed_hold(&store, &db, &limits).await;
+    let customer = request.customer_id.as_str();
+    let in_event = format!(
+        "{}idem:{}:{customer}:k",
+        store.keys().event(first.event_id),
+        customer.len()
+    );
+    delete_redis_keys(&[store.keys().idempotency(customer, "k"), in_event]).await;
+
+    let now = tickethold::domain::Millis::now();
+    let retried = store.hold(request, now).await.unwrap().unwrap();
+    assert_eq!(retried.id, first.id, "the retry gets the journaled hold");
+    let availability = store
+        .availability(first.items[0].ticket_type_id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(availability.held, 2, "no second hold took stock");
 }

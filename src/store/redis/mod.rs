@@ -23,6 +23,7 @@
 
 mod conn;
 pub mod journal;
+mod keys_lookup;
 pub mod log;
 mod scripts;
 
@@ -40,6 +41,7 @@ use uuid::Uuid;
 
 pub use self::conn::{Conn, Topology};
 pub use self::journal::Journal;
+use self::keys_lookup::KeysLookup;
 pub use self::scripts::Keys;
 use self::scripts::{Scripts, array, hold_of, items_text, revision_of, string, strings};
 use super::db::{convert, queries};
@@ -89,6 +91,8 @@ pub struct RedisStore {
     events: Mutex<(Option<Instant>, Vec<EventId>)>,
     /// Events seen to exist, for the checks of the hot path.
     known: queries::KnownEvents,
+    /// The journal's holds by idempotency key, asked for many holds at once.
+    journaled_keys: KeysLookup,
 }
 
 /// What a change script answered.
@@ -115,6 +119,7 @@ impl RedisStore {
         let topology = Topology::parse(&settings.url, settings.cluster)?;
         let redis = topology.connect(settings.command_timeout).await?;
         let journal = Journal::start(db.clone(), settings.journal_interval);
+        let journaled_keys = KeysLookup::start(db.clone());
         Ok(RedisStore {
             db,
             redis,
@@ -127,6 +132,7 @@ impl RedisStore {
             settings,
             events: Mutex::new((None, Vec::new())),
             known: queries::KnownEvents::default(),
+            journaled_keys,
         })
     }
 
@@ -1051,9 +1057,8 @@ impl RedisStore {
         let Some(key) = &request.idempotency_key else {
             return Ok(None);
         };
-        let found = queries::hold_by_idempotency_key(&self.db, &request.customer_id, key).await?;
-        match found {
-            Some(model) => self.journaled_hold(HoldId(model.id)).await,
+        match self.journaled_keys.find(&request.customer_id, key).await? {
+            Some(id) => self.journaled_hold(HoldId(id)).await,
             None => Ok(None),
         }
     }

@@ -1,0 +1,86 @@
+//! The journal's holds by idempotency key, for keys Redis does not know (new ones, or ones it
+//! forgot). Every keyed hold asks, so concurrent questions wait here and one task answers them
+//! all with one statement: a flash sale of keyed holds costs the database a look-up per batch,
+//! not one per hold.
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::domain::CustomerId;
+use crate::store::db::queries;
+use crate::store::{StoreError, StoreResult};
+
+/// Questions in one statement at most.
+const BATCH_MAX: usize = 256;
+
+struct Question {
+    customer: String,
+    key: String,
+    reply: oneshot::Sender<StoreResult<Option<Uuid>>>,
+}
+
+/// The queue of questions; its task runs until the queue is dropped.
+pub struct KeysLookup {
+    sender: mpsc::Sender<Question>,
+}
+
+impl KeysLookup {
+    pub fn start(db: DatabaseConnection) -> KeysLookup {
+        let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);
+        tokio::spawn(run(db, receiver));
+        KeysLookup { sender }
+    }
+
+    /// The id of the journaled hold that `customer` made with `key`, if any.
+    pub async fn find(&self, customer: &CustomerId, key: &str) -> StoreResult<Option<Uuid>> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the journal look-up stopped".into());
+        let question = Question {
+            customer: customer.as_str().to_owned(),
+            key: key.to_owned(),
+            reply,
+        };
+        self.sender.send(question).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Question>) {
+    while let Some(first) = receiver.recv().await {
+        let mut questions = vec![first];
+        while questions.len() < BATCH_MAX {
+            match receiver.try_recv() {
+                Ok(question) => questions.push(question),
+                Err(_) => break,
+            }
+        }
+        let pairs: Vec<(&str, &str)> = questions
+            .iter()
+            .map(|q| (q.customer.as_str(), q.key.as_str()))
+            .collect();
+        match queries::hold_ids_by_idempotency_keys(&db, &pairs).await {
+            Ok(found) => {
+                for Question {
+                    customer,
+                    key,
+                    reply,
+                } in questions
+                {
+                    reply.send(Ok(found.get(&(customer, key)).copied())).ok();
+                }
+            }
+            Err(error) => {
+                // Each asker gets the failure; the detail goes to the log, not to clients.
+                let message = format!(
+                    "looking up idempotency keys in the journal: {}",
+                    crate::error_chain(&error)
+                );
+                for question in questions {
+                    let failure = StoreError::Unavailable(message.clone());
+                    question.reply.send(Err(failure)).ok();
+                }
+            }
+        }
+    }
+}
