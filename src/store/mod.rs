@@ -162,3 +162,20 @@ pub trait HoldStore: Send + Sync + 'static {
     /// every difference with the stored counters; empty when all is well.
     async fn verify(&self) -> StoreResult<Vec<Drift>>;
 }
+
+/// The next batch from a queue of requests: waits for one, then takes those already waiting,
+/// `max` at most; `None` once the queue is closed and empty.
+pub(crate) async fn next_batch<T>(
+    receiver: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

@@ -78,14 +78,7 @@ impl Batcher {
 }
 
 async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>) {
-    while let Some(first) = receiver.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = crate::store::next_batch(&mut receiver, BATCH_MAX).await {
         match together(&db, &jobs).await {
             Ok((answers, stock)) => {
                 publish(&bus, stock);

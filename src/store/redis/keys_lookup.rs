@@ -47,14 +47,7 @@ impl KeysLookup {
 }
 
 async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Question>) {
-    while let Some(first) = receiver.recv().await {
-        let mut questions = vec![first];
-        while questions.len() < BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(question) => questions.push(question),
-                Err(_) => break,
-            }
-        }
+    while let Some(questions) = crate::store::next_batch(&mut receiver, BATCH_MAX).await {
         let pairs: Vec<(&str, &str)> = questions
             .iter()
             .map(|q| (q.customer.as_str(), q.key.as_str()))
