@@ -641,3 +641,49 @@ async fn a_retry_that_redis_forgot_finds_its_hold_in_the_journal() {
         .unwrap();
     assert_eq!(availability.held, 2, "no second hold took stock");
 }
+
+/// On a single Redis the hold script claims the customer's idempotency key across events: a
+/// key whose hold was refused stays free (for a hold of another event too); a key that made a
+/// hold is its event's, so another event's request with it is refused as INVALID_INPUT and
+/// takes nothing; and the hold is linked to its event, readable by id.
+#[tokio::test]
+async fn the_hold_script_claims_the_key_across_events_only_for_a_hold_it_makes() {
+    use tickethold::domain::{CustomerId, HoldRequest, Millis, NewTicketType, Rejection};
+
+    let db = TestDb::sqlite();
+    let limits = Limits::default();
+    let (store, _namespace) = db.redis_store(limits.clone()).await;
+    let now = Millis::now();
+    let mut types = Vec::new();
+    for (name, capacity) in [("Sold out", 1), ("Open", 5)] {
+        let event = store.create_event(name.into(), now).await.unwrap();
+        let new = NewTicketType::new(event.id, "GA".into(), 100, capacity, None, &limits).unwrap();
+        types.push(store.create_ticket_type(new, now).await.unwrap().unwrap());
+    }
+    let request = |index: usize, customer: &str, quantity: i64| {
+        let customer = CustomerId::new(customer.into(), &limits).unwrap();
+        let tt = &types[index];
+        let items = [(tt.id, quantity)];
+        HoldRequest::new(tt.event_id, customer, items, None, Some("k".into()), &limits).unwrap()
+    };
+
+    let refused = store.hold(request(0, "buyer", 2), now).await.unwrap();
+    assert!(matches!(refused, Err(Rejection::SoldOut { .. })), "{refused:?}");
+    let made = store.hold(request(1, "buyer", 1), now).await.unwrap().unwrap();
+    let again = store.hold(request(1, "buyer", 1), now).await.unwrap();
+    assert_eq!(again.map(|hold| hold.id), Ok(made.id), "a retry gets the hold");
+
+    let elsewhere = store.hold(request(0, "buyer", 1), now).await.unwrap();
+    assert!(
+        matches!(&elsewhere, Err(Rejection::Invalid(_))),
+        "the key is the other event's now: {elsewhere:?}"
+    );
+    let untouched = store.availability(types[0].id, now).await.unwrap().unwrap();
+    assert_eq!(untouched.held, 0, "the refused request took nothing");
+    let other_buyer = store.hold(request(0, "another", 1), now).await.unwrap();
+    assert!(other_buyer.is_ok(), "another customer's key k is theirs: {other_buyer:?}");
+
+    let read = store.get_hold(made.id, now).await.unwrap();
+    assert_eq!(read.map(|hold| hold.event_id), Some(made.event_id));
+    assert!(store.verify().await.unwrap().is_empty());
+}

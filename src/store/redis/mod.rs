@@ -160,8 +160,23 @@ impl RedisStore {
         now: Millis,
         args: &[String],
     ) -> StoreResult<Value> {
+        self.run_with_keys(script, event, now, &[], args).await
+    }
+
+    /// [`run`](Self::run), with keys beyond the event's `loaded` marker (`KEYS[2]` on).
+    async fn run_with_keys(
+        &self,
+        script: &redis::Script,
+        event: EventId,
+        now: Millis,
+        keys: &[String],
+        args: &[String],
+    ) -> StoreResult<Value> {
         for _ in 0..3 {
             let mut invocation = script.key(self.keys.loaded(event));
+            for key in keys {
+                invocation.key(key);
+            }
             invocation.arg(self.keys.event(event)).arg(now.0);
             for arg in args {
                 invocation.arg(arg);
@@ -692,6 +707,13 @@ fn tag(reply: &Value) -> String {
 }
 
 /// Why an action does not apply to `hold` at `now`.
+/// The refusal of an idempotency key that a hold of another event has.
+fn key_of_another_event() -> Rejection {
+    Rejection::Invalid(crate::domain::InvalidInput::new(
+        "idempotencyKey was already used for a different hold",
+    ))
+}
+
 fn refusal(hold: &Hold, now: Millis) -> Rejection {
     match hold.check_active(now) {
         Err(rejection) => rejection,
@@ -795,6 +817,9 @@ impl HoldStore for RedisStore {
         for (ticket_type, quantity) in &request.items {
             args.extend([ticket_type.to_string(), quantity.get().to_string()]);
         }
+        if !self.topology.is_cluster() {
+            return self.hold_on_one_node(&request, id, now, &args).await;
+        }
         let claimed = match self.claim_idempotency_key(&request).await? {
             Ok(claimed) => claimed,
             Err(rejection) => return Ok(Err(rejection)),
@@ -806,7 +831,12 @@ impl HoldStore for RedisStore {
                 return Ok(request.retry_of(found));
             }
         }
-        let held = self.run_hold(&request, now, &args).await;
+        let held = self.run_hold(&request, now, &[], &args).await;
+        if let Ok(Ok(hold)) = &held {
+            // Written once the hold exists, so that a refused hold (most of a flash sale)
+            // costs no round trip for it; nobody knows the id before the answer.
+            self.remember_event(hold.id, hold.event_id).await?;
+        }
         if claimed && matches!(held, Ok(Err(_))) {
             // No hold was made under the key: free it, as the database flow would.
             let key = request.idempotency_key.as_deref().unwrap_or_default();
@@ -991,12 +1021,13 @@ impl RedisStore {
         &self,
         request: &HoldRequest,
         now: Millis,
+        keys: &[String],
         args: &[String],
     ) -> StoreResult<Outcome<Hold>> {
         let mut loaded_types = HashSet::new();
         loop {
             let reply = self
-                .run(&self.scripts.hold, request.event_id, now, args)
+                .run_with_keys(&self.scripts.hold, request.event_id, now, keys, args)
                 .await?;
             let values = strings(&reply);
             let field = |i: usize| values.get(i).cloned().unwrap_or_default();
@@ -1005,9 +1036,6 @@ impl RedisStore {
             return match values.first().map(String::as_str) {
                 Some("OK") => {
                     let (hold, _) = hold_of(&values[1..])?;
-                    // Written once the hold exists, so that a refused hold (most of a flash
-                    // sale) costs one round trip; nobody knows the id before the answer.
-                    self.remember_event(hold.id, hold.event_id).await?;
                     self.journal
                         .record(hold.clone(), revision_of(&values[1..]))
                         .await;
@@ -1027,6 +1055,7 @@ impl RedisStore {
                         None => Err(StoreError::Invariant(format!("hold {existing} vanished"))),
                     }
                 }
+                Some("OTHER_EVENT") => Ok(Err(key_of_another_event())),
                 Some("LIMIT") => Ok(Err(Rejection::LimitExceeded {
                     ticket_type_id: ticket_type_id().map_err(|_| bad_reply(&values))?,
                     max_per_customer: number(2),
@@ -1090,9 +1119,30 @@ impl RedisStore {
         if owner.is_none_or(|owner| owner == event) {
             return Ok(Ok(false));
         }
-        Ok(Err(Rejection::Invalid(crate::domain::InvalidInput::new(
-            "idempotencyKey was already used for a different hold",
-        ))))
+        Ok(Err(key_of_another_event()))
+    }
+
+    /// A hold on a single Redis: the script claims the idempotency key across events and links
+    /// the hold to its event itself, so that a hold, made or refused, costs one round trip to
+    /// Redis (a cluster keeps those keys in other slots: see `claim_idempotency_key`). A key
+    /// new to Redis may still be in the journal (a retry after Redis forgot it: its retention
+    /// ran out, or it lost its data), so the journal is asked first; concurrent requests with
+    /// one new key then meet in the script, which lets the first make the hold.
+    async fn hold_on_one_node(
+        &self,
+        request: &HoldRequest,
+        id: HoldId,
+        now: Millis,
+        args: &[String],
+    ) -> StoreResult<Outcome<Hold>> {
+        let mut keys = vec![self.keys.hold_event(id)];
+        if let Some(key) = &request.idempotency_key {
+            if let Some(found) = self.journaled_by_key(request).await? {
+                return Ok(request.retry_of(found));
+            }
+            keys.push(self.keys.idempotency(request.customer_id.as_str(), key));
+        }
+        self.run_hold(request, now, &keys, args).await
     }
 
     /// The stock of some ticket types of an event, after reclaiming its overdue holds.
