@@ -215,6 +215,26 @@ async fn bad_holds_are_refused_with_their_code_and_change_nothing(server: TestSe
             hold_vars(e, &[(t, 99_999_999_999)], None),
             INVALID,
         ),
+        // `HOLD` passed validation when the world was made: these variables are checked where
+        // the resolver reads its arguments, before it runs.
+        case(
+            "quantity as a string, as a variable",
+            HOLD,
+            json!({"e": e, "items": [{"ticketTypeId": t, "quantity": "2"}]}),
+            INVALID,
+        ),
+        case(
+            "ttlSeconds as a string, as a variable",
+            HOLD,
+            json!({"e": e, "items": [{"ticketTypeId": t, "quantity": 1}], "ttl": "soon"}),
+            INVALID,
+        ),
+        case(
+            "a required variable missing",
+            HOLD,
+            json!({"items": [{"ticketTypeId": t, "quantity": 1}]}),
+            INVALID,
+        ),
         case(
             "quantity above i32, literal",
             hold_literal_quantity(e, t, "99999999999"),

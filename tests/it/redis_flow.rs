@@ -664,14 +664,33 @@ async fn the_hold_script_claims_the_key_across_events_only_for_a_hold_it_makes()
         let customer = CustomerId::new(customer.into(), &limits).unwrap();
         let tt = &types[index];
         let items = [(tt.id, quantity)];
-        HoldRequest::new(tt.event_id, customer, items, None, Some("k".into()), &limits).unwrap()
+        HoldRequest::new(
+            tt.event_id,
+            customer,
+            items,
+            None,
+            Some("k".into()),
+            &limits,
+        )
+        .unwrap()
     };
 
     let refused = store.hold(request(0, "buyer", 2), now).await.unwrap();
-    assert!(matches!(refused, Err(Rejection::SoldOut { .. })), "{refused:?}");
-    let made = store.hold(request(1, "buyer", 1), now).await.unwrap().unwrap();
+    assert!(
+        matches!(refused, Err(Rejection::SoldOut { .. })),
+        "{refused:?}"
+    );
+    let made = store
+        .hold(request(1, "buyer", 1), now)
+        .await
+        .unwrap()
+        .unwrap();
     let again = store.hold(request(1, "buyer", 1), now).await.unwrap();
-    assert_eq!(again.map(|hold| hold.id), Ok(made.id), "a retry gets the hold");
+    assert_eq!(
+        again.map(|hold| hold.id),
+        Ok(made.id),
+        "a retry gets the hold"
+    );
 
     let elsewhere = store.hold(request(0, "buyer", 1), now).await.unwrap();
     assert!(
@@ -681,7 +700,10 @@ async fn the_hold_script_claims_the_key_across_events_only_for_a_hold_it_makes()
     let untouched = store.availability(types[0].id, now).await.unwrap().unwrap();
     assert_eq!(untouched.held, 0, "the refused request took nothing");
     let other_buyer = store.hold(request(0, "another", 1), now).await.unwrap();
-    assert!(other_buyer.is_ok(), "another customer's key k is theirs: {other_buyer:?}");
+    assert!(
+        other_buyer.is_ok(),
+        "another customer's key k is theirs: {other_buyer:?}"
+    );
 
     let read = store.get_hold(made.id, now).await.unwrap();
     assert_eq!(read.map(|hold| hold.event_id), Some(made.event_id));
