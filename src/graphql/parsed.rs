@@ -32,7 +32,8 @@ const QUERY_BYTES_MAX: usize = 16 * 1024;
 /// One query text, parsed, with the validation of those of its operations that may skip it.
 struct Cached {
     document: ExecutableDocument,
-    /// Per operation name (`None`: the request named none), once validated without errors.
+    /// Per operation name (`None`: the request named none), the validation of the operations
+    /// that may skip it, once they passed it.
     validated: RwLock<Vec<(Option<String>, ValidationResult)>>,
 }
 
@@ -122,26 +123,32 @@ impl Extension for ForRequest {
             let mut seen = self.seen();
             (seen.operation_name.take(), seen.cached.take())
         };
-        let Some(cached) = cached.filter(|c| may_skip(&c.document, operation_name.as_deref()))
-        else {
+        let Some(cached) = cached else {
             return next.run(ctx).await;
         };
-        let known = cached
-            .validated
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(name, _)| *name == operation_name)
-            .map(|(_, result)| *result);
-        if let Some(result) = known {
+        if let Some(result) = cached.validated(operation_name.as_deref()) {
             return Ok(result);
         }
         let result = next.run(ctx).await?;
-        let mut validated = cached.validated.write().unwrap_or_else(|e| e.into_inner());
-        if !validated.iter().any(|(name, _)| *name == operation_name) {
-            validated.push((operation_name, result));
+        if may_skip(&cached.document, operation_name.as_deref()) {
+            let mut validated = cached.validated.write().unwrap_or_else(|e| e.into_inner());
+            if !validated.iter().any(|(name, _)| *name == operation_name) {
+                validated.push((operation_name, result));
+            }
         }
         Ok(result)
+    }
+}
+
+impl Cached {
+    /// The validation of an operation that may skip it (only those are kept).
+    fn validated(&self, operation_name: Option<&str>) -> Option<ValidationResult> {
+        self.validated
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(name, _)| name.as_deref() == operation_name)
+            .map(|(_, result)| *result)
     }
 }
 
@@ -199,7 +206,105 @@ fn no_directives(selection_set: &SelectionSet) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_graphql::{EmptySubscription, Object, Schema};
+
     use super::*;
+
+    /// Counts the validations that reach the engine (it runs after the cache in the chain).
+    #[derive(Clone, Default)]
+    struct Validations(Arc<AtomicUsize>);
+
+    impl ExtensionFactory for Validations {
+        fn create(&self) -> Arc<dyn Extension> {
+            Arc::new(self.clone())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Extension for Validations {
+        async fn validation(
+            &self,
+            ctx: &ExtensionContext<'_>,
+            next: NextValidation<'_>,
+        ) -> Result<ValidationResult, Vec<ServerError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            next.run(ctx).await
+        }
+    }
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn double(&self, x: i32) -> i32 {
+            x * 2
+        }
+    }
+
+    /// Counts the resolver runs: what a bad variable must never reach.
+    struct Mutation(Arc<AtomicUsize>);
+
+    #[Object]
+    impl Mutation {
+        async fn add(&self, x: i32) -> usize {
+            self.0.fetch_add(1, Ordering::SeqCst) + x as usize
+        }
+    }
+
+    #[tokio::test]
+    async fn an_operation_is_validated_once_and_bad_variables_still_change_nothing() {
+        let (validations, runs) = (Validations::default(), Arc::new(AtomicUsize::new(0)));
+        let schema = Schema::build(Query, Mutation(runs.clone()), EmptySubscription)
+            .extension(ParsedQueries::default())
+            .extension(validations.clone())
+            .finish();
+        let run = |query: &str, x: serde_json::Value| {
+            let request =
+                Request::new(query).variables(Variables::from_json(serde_json::json!({ "x": x })));
+            schema.execute(request)
+        };
+        let add = "mutation($x:Int!){ add(x:$x) }";
+
+        assert!(run(add, 1.into()).await.is_ok());
+        assert!(run(add, 2.into()).await.is_ok());
+        assert_eq!(validations.0.load(Ordering::SeqCst), 1, "validated once");
+        for bad in [
+            serde_json::json!("3"),
+            serde_json::json!(1e12),
+            serde_json::Value::Null,
+        ] {
+            let response = run(add, bad.clone()).await;
+            assert_eq!(response.errors.len(), 1, "{bad}: {response:?}");
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "no bad variable ran the resolver"
+        );
+        assert_eq!(validations.0.load(Ordering::SeqCst), 1, "validated once");
+
+        let two = "mutation($x:Int!){ a: add(x:1) b: add(x:$x) }";
+        assert!(run(two, 1.into()).await.is_ok());
+        let response = run(two, "bad".into()).await;
+        assert_eq!(response.errors.len(), 1, "{response:?}");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            4,
+            "refused before either field ran"
+        );
+        assert_eq!(
+            validations.0.load(Ordering::SeqCst),
+            3,
+            "validated every time"
+        );
+
+        let query = "query($x:Int!){ double(x:$x) }";
+        assert!(run(query, 4.into()).await.is_ok());
+        assert!(run(query, "four".into()).await.is_err());
+        assert_eq!(validations.0.load(Ordering::SeqCst), 4);
+    }
 
     fn skips(query: &str, operation_name: Option<&str>) -> bool {
         let document = async_graphql::parser::parse_query(query).expect("parses");

@@ -706,7 +706,6 @@ fn tag(reply: &Value) -> String {
     array(reply).first().and_then(string).unwrap_or_default()
 }
 
-/// Why an action does not apply to `hold` at `now`.
 /// The refusal of an idempotency key that a hold of another event has.
 fn key_of_another_event() -> Rejection {
     Rejection::Invalid(crate::domain::InvalidInput::new(
@@ -714,6 +713,7 @@ fn key_of_another_event() -> Rejection {
     ))
 }
 
+/// Why an action does not apply to `hold` at `now`.
 fn refusal(hold: &Hold, now: Millis) -> Rejection {
     match hold.check_active(now) {
         Err(rejection) => rejection,
