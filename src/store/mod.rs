@@ -169,13 +169,7 @@ pub(crate) async fn next_batch<T>(
     receiver: &mut tokio::sync::mpsc::Receiver<T>,
     max: usize,
 ) -> Option<Vec<T>> {
-    let first = receiver.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < max {
-        match receiver.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
+    let mut batch = Vec::new();
+    let taken = receiver.recv_many(&mut batch, max).await;
+    (taken > 0).then_some(batch)
 }
