@@ -456,6 +456,36 @@ async fn concurrent_requests_make_one_hold_per_customer_and_idempotency_key() {
     }
 }
 
+/// Once a ticket type is sold out, the database flow refuses from committed rows read without a
+/// lock (until one shows stock again): the refusals keep the rules and the order they are
+/// checked in (limit before stock, every item), and stock given back sells again at once.
+#[tokio::test]
+async fn requests_after_a_sell_out_keep_the_rules_until_stock_comes_back() {
+    check(
+        "after the sell-out",
+        "
+        type A cap=4 max=2
+        type B cap=10
+        hold h1 c1 A:2 -> ok
+        hold h2 c2 A:2 -> ok
+        hold h3 c3 A:1 -> SOLD_OUT available=0
+        hold h4 c1 A:1 -> LIMIT_EXCEEDED
+        hold h5 c3 A:1 B:1 -> SOLD_OUT available=0
+        avail B -> sold=0 held=0 available=10
+        release h1 -> ok
+        hold h6 c3 A:1 -> ok
+        hold h7 c4 A:2 -> SOLD_OUT available=1
+        hold h8 c4 A:1 B:3 -> ok
+        hold h9 c5 A:1 -> SOLD_OUT available=0
+        checkout h2 -> ok
+        hold h10 c2 A:1 -> LIMIT_EXCEEDED
+        avail A -> sold=2 held=2 available=0
+        avail B -> sold=0 held=3 available=7
+    ",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn overdue_holds_never_block_a_sale_even_before_their_expiry_runs() {
     check(

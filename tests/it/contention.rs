@@ -2,9 +2,11 @@
 //! ticket type with 100: exactly 100 holds, 400 `SOLD_OUT`, and the counters still add up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
-use tickethold::domain::Limits;
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+use tickethold::domain::{CustomerId, HoldRequest, Limits, Millis, NewTicketType, Rejection};
 use tickethold::store::HoldStore;
 
 use crate::support::db::redis_url;
@@ -162,3 +164,63 @@ async fn concurrent_retries_make_one_hold(server: TestServer) {
 }
 
 crate::on_both_flows!(concurrent_retries_make_one_hold);
+
+/// After a sell-out, the database flow refuses from committed rows without taking the hot
+/// row's lock: refusals, and retries of holds already made, are answered while another
+/// transaction holds that lock (a checkout's sale, another instance's batch), where a locking
+/// refusal would queue behind it. Stock given back sells again.
+#[tokio::test]
+async fn refusals_after_a_sell_out_do_not_queue_for_the_hot_row_on_postgres() {
+    let db = TestDb::postgres().await;
+    let limits = Limits::default();
+    let (store, _bus) = db.store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Hot".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "A".into(), 100, 1, None, &limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let request = |customer: &str, key: &str| {
+        let customer = CustomerId::new(customer.into(), &limits).unwrap();
+        let items = [(ticket_type.id, 1)];
+        HoldRequest::new(event.id, customer, items, None, Some(key.into()), &limits).unwrap()
+    };
+    let made = store.hold(request("c1", "k"), now).await.unwrap().unwrap();
+    let refused = store.hold(request("c2", "k"), now).await.unwrap();
+    assert!(
+        matches!(refused, Err(Rejection::SoldOut { .. })),
+        "{refused:?}"
+    );
+
+    let other = Database::connect(db.url()).await.unwrap();
+    let blocker = other.begin().await.unwrap();
+    blocker
+        .execute_unprepared(&format!(
+            "SELECT id FROM ticket_types WHERE id = '{}' FOR UPDATE",
+            ticket_type.id
+        ))
+        .await
+        .unwrap();
+    let answers = tokio::time::timeout(
+        Duration::from_secs(30),
+        join_all([
+            store.hold(request("c3", "k"), now),
+            store.hold(request("c1", "k"), now),
+        ]),
+    )
+    .await
+    .expect("answered while the row was locked");
+    let [refused, retried] = <[_; 2]>::try_from(answers).unwrap();
+    assert!(
+        matches!(
+            refused.unwrap(),
+            Err(Rejection::SoldOut { available: 0, .. })
+        ),
+        "c3"
+    );
+    assert_eq!(retried.unwrap().map(|hold| hold.id), Ok(made.id));
+    blocker.rollback().await.unwrap();
+
+    store.release(made.id, now).await.unwrap().unwrap();
+    let sold_again = store.hold(request("c3", "k"), now).await.unwrap();
+    assert!(sold_again.is_ok(), "{sold_again:?}");
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}

@@ -287,8 +287,8 @@ pub async fn lock_ticket_types(
 
 /// `customer_quantity` of several customers and ticket types in one statement: the tickets each
 /// has of each, in active holds (not past their `expires_at` at `now`) and orders.
-pub async fn customer_quantities(
-    txn: &DatabaseTransaction,
+pub async fn customer_quantities<C: ConnectionTrait>(
+    conn: &C,
     customers: &[&str],
     ticket_types: &[TicketTypeId],
     now: Millis,
@@ -313,7 +313,7 @@ pub async fn customer_quantities(
         .group_by(hold::Column::CustomerId)
         .group_by(hold_item::Column::TicketTypeId)
         .into_tuple()
-        .all(txn)
+        .all(conn)
         .await?;
     Ok(rows
         .into_iter()
