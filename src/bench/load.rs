@@ -62,6 +62,8 @@ pub struct LoadResult {
     /// Stock left wrong at the end (held not 0, or sold not the checkouts).
     pub stock_drift: Vec<String>,
     pub cpu_secs_at_start: Option<f64>,
+    /// Holds the warm-up won, each released before the rush.
+    pub warmup_released: u64,
 }
 
 /// Runs the flash sale against the server at `url`.
@@ -75,18 +77,74 @@ pub async fn run(url: &str, args: &Args, server: Option<&Server>) -> anyhow::Res
     let api = Api::new(url, args.concurrency, &secret)?;
     let offset_ms = api.clock_offset_ms().await?;
     let (event_id, type_ids) = api.setup(args.ticket_types, args.capacity).await?;
+    let warmup_released = match args.warm_up() {
+        Some(warm) => warm_up(&api, &warm).await?,
+        None => 0,
+    };
     let watch = Watch::open(url, &event_id, api.admin()).await?;
     let cpu_secs_at_start = server.and_then(|s| s.usage()).map(|u| u.cpu_secs);
-    let rush = rush(&api, args, &event_id, &type_ids).await;
+    let rush = rush(&api, args, &event_id, &type_ids, Buyers::Rush).await;
     let rush_end_ms = now_ms() + offset_ms;
     let actions = act(&api, args, &rush.winners).await;
     let mut result = rush.into_result(args, actions, cpu_secs_at_start);
+    result.warmup_released = warmup_released;
     await_expiries(&watch, &mut result, offset_ms, rush_end_ms).await;
     watch.close().await;
     for (index, type_id) in type_ids.iter().enumerate() {
         check_stock(&api, args, &mut result, index, type_id).await?;
     }
     Ok(result)
+}
+
+/// The warm-up's rush, on an event of its own, then a release of every hold it won (so that
+/// none expires during the measured rush); the number released.
+async fn warm_up(api: &Api, warm: &Args) -> anyhow::Result<u64> {
+    let (event_id, type_ids) = api.setup(warm.ticket_types, warm.capacity).await?;
+    let rush = rush(api, warm, &event_id, &type_ids, Buyers::WarmUp).await;
+    if let Some(failure) = rush.first_failure {
+        anyhow::bail!("the warm-up failed: {failure}");
+    }
+    let released: Vec<Outcome> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+        futures::stream::iter(
+            rush.winners
+                .iter()
+                .map(|won| api.release(&won.buyer, &won.id)),
+        ),
+        warm.concurrency,
+    ))
+    .await;
+    let mut count = 0;
+    for outcome in released {
+        match outcome {
+            Outcome::Done(_) => count += 1,
+            Outcome::Rejected(code) if code == "HOLD_EXPIRED" => {}
+            other => anyhow::bail!("a release of the warm-up failed: {other:?}"),
+        }
+    }
+    Ok(count)
+}
+
+/// Whose rush: the buyers' names (each a customer of its own) and the progress bar's label.
+#[derive(Clone, Copy)]
+enum Buyers {
+    WarmUp,
+    Rush,
+}
+
+impl Buyers {
+    fn name(self, buyer: u64) -> String {
+        match self {
+            Buyers::WarmUp => format!("warm-up-{buyer}"),
+            Buyers::Rush => format!("buyer-{buyer}"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Buyers::WarmUp => "warm-up holds",
+            Buyers::Rush => "holds",
+        }
+    }
 }
 
 /// What the rush collected.
@@ -122,8 +180,8 @@ struct Tally {
     latency_us: Option<Histogram<u64>>,
 }
 
-async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String]) -> Rush {
-    let progress = progress_bar(args.buyers, "holds");
+async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String], buyers: Buyers) -> Rush {
+    let progress = progress_bar(args.buyers, buyers.label());
     let next = Arc::new(AtomicU64::new(0));
     let type_ids = Arc::new(type_ids.to_vec());
     let started = Instant::now();
@@ -144,6 +202,7 @@ async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String]) -> Ru
             progress,
             event_id,
             args,
+            buyers,
         };
         workers.push(tokio::spawn(rush_worker(shared)));
     }
@@ -194,6 +253,7 @@ struct Shared {
     progress: ProgressBar,
     event_id: String,
     args: Args,
+    buyers: Buyers,
 }
 
 /// One buyer after another until every buyer has tried once.
@@ -208,7 +268,7 @@ async fn rush_worker(s: Shared) -> Tally {
             return tally;
         }
         let type_index = (buyer % s.type_ids.len() as u64) as usize;
-        let token = s.api.buyer(&format!("buyer-{buyer}"));
+        let token = s.api.buyer(&s.buyers.name(buyer));
         let sent = Instant::now();
         let outcome = s
             .api
@@ -293,6 +353,7 @@ impl Rush {
             subscription_errors: Vec::new(),
             stock_drift: Vec::new(),
             cpu_secs_at_start: cpu,
+            warmup_released: 0,
         }
     }
 }

@@ -70,6 +70,13 @@ pub struct Args {
     #[arg(long, default_value_t = 5000)]
     pub buyers: u64,
 
+    /// Hold attempts before the rush, at its concurrency, on an event of their own (a fifth of
+    /// them can win, and the winners are released): the rush then meets a server whose
+    /// connections are open and whose caches are filled, as a sale opening on a running
+    /// service does. The references are warmed up the same way. 0 for a cold start.
+    #[arg(long, default_value_t = 1000)]
+    pub warmup: u64,
+
     /// Buyers in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -140,6 +147,20 @@ pub struct Args {
     /// How long the crowd's ticks are measured, in seconds, once every subscriber is open.
     #[arg(long, default_value_t = 10, requires = "crowd")]
     pub crowd_seconds: u64,
+}
+
+impl Args {
+    /// The workload of the warm-up (`--warmup` buyers, one ticket type with a fifth as many
+    /// tickets), or none.
+    fn warm_up(&self) -> Option<Args> {
+        (self.warmup > 0).then(|| Args {
+            buyers: self.warmup,
+            ticket_types: 1,
+            capacity: u32::try_from(self.warmup.div_ceil(5)).unwrap_or(u32::MAX),
+            expire_together: false,
+            ..self.clone()
+        })
+    }
 }
 
 /// Runs the benchmark; the exit code is a failure when any run broke an invariant.

@@ -69,40 +69,55 @@ async fn naive_postgres_in(url: &str, args: &Args) -> anyhow::Result<ReferenceRe
     )
     .await
     .context("cannot create the reference tables")?;
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "INSERT INTO ticket (id, capacity, held) VALUES (1, $1, 0)",
-        [i32::try_from(args.capacity)
-            .context("capacity too large")?
-            .into()],
-    ))
-    .await
-    .context("cannot insert the hot ticket")?;
-    let result = drive(args, "naive PostgreSQL", move |_| {
+    // The hot ticket of the sale, and one of its own for the warm-up.
+    let warm = args.warm_up();
+    let tickets = [(1, Some(args)), (2, warm.as_ref())];
+    for (id, workload) in tickets {
+        let Some(workload) = workload else { continue };
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO ticket (id, capacity, held) VALUES ($1, $2, 0)",
+            [
+                id.into(),
+                i32::try_from(workload.capacity)
+                    .context("capacity too large")?
+                    .into(),
+            ],
+        ))
+        .await
+        .context("cannot insert the hot ticket")?;
+    }
+    let naive = |ticket: i32| {
         let db = db.clone();
-        async move { naive_hold(&db).await }
-    })
-    .await;
-    Ok(result)
+        move |_| {
+            let db = db.clone();
+            async move { naive_hold(&db, ticket).await }
+        }
+    };
+    if let Some(warm) = &warm {
+        drive(warm, "naive PostgreSQL", naive(2)).await;
+    }
+    Ok(drive(args, "naive PostgreSQL", naive(1)).await)
 }
 
 /// One naive hold: a conditional update of the hot row, then the hold row, in a transaction.
-async fn naive_hold(db: &DatabaseConnection) -> anyhow::Result<bool> {
+async fn naive_hold(db: &DatabaseConnection, ticket: i32) -> anyhow::Result<bool> {
     let txn = db.begin().await?;
     let updated = txn
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE ticket SET held = held + 1 WHERE id = 1 AND held < capacity",
-            [],
+            "UPDATE ticket SET held = held + 1 WHERE id = $1 AND held < capacity",
+            [ticket.into()],
         ))
         .await?;
     let held = updated.rows_affected() == 1;
     if held {
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "INSERT INTO hold (id, ticket, created_at) VALUES ($1, 1, $2)",
+            "INSERT INTO hold (id, ticket, created_at) VALUES ($1, $2, $3)",
             [
                 uuid::Uuid::new_v4().into(),
+                ticket.into(),
                 chrono::Utc::now().timestamp_millis().into(),
             ],
         ))
@@ -137,33 +152,47 @@ async fn raw_redis_in(namespace: &str, args: &Args) -> anyhow::Result<ReferenceR
         .query_async(&mut first)
         .await
         .context("SCRIPT LOAD failed")?;
-    let stock_key = format!("{namespace}:stock");
-    let _: () = redis::cmd("SET")
-        .arg(&stock_key)
-        .arg(args.capacity)
-        .query_async(&mut first)
-        .await
-        .context("SET failed")?;
     let ttl_ms = u64::from(args.ttl_secs) * 1000;
     let connections = Arc::new(connections);
-    let namespace = namespace.to_owned();
-    Ok(drive(args, "raw Redis", move |(worker, buyer)| {
-        let mut conn = connections[worker].clone();
-        let (sha, stock_key) = (sha.clone(), stock_key.clone());
-        let hold_key = format!("{namespace}:hold:{buyer}");
-        async move {
-            let held: i64 = redis::cmd("EVALSHA")
-                .arg(&sha)
-                .arg(2)
-                .arg(&stock_key)
-                .arg(&hold_key)
-                .arg(ttl_ms)
-                .query_async(&mut conn)
-                .await?;
-            Ok(held == 1)
+    // The hot ticket's stock under `{namespace}:stock`, the warm-up's under `...:warm-up:stock`.
+    let hold = |prefix: String| {
+        let (connections, sha) = (connections.clone(), sha.clone());
+        move |(worker, buyer): (usize, u64)| {
+            let mut conn: redis::aio::MultiplexedConnection = connections[worker].clone();
+            let sha = sha.clone();
+            let (stock_key, hold_key) =
+                (format!("{prefix}:stock"), format!("{prefix}:hold:{buyer}"));
+            async move {
+                let held: i64 = redis::cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(2)
+                    .arg(&stock_key)
+                    .arg(&hold_key)
+                    .arg(ttl_ms)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(held == 1)
+            }
         }
-    })
-    .await)
+    };
+    let warm = args.warm_up();
+    let sale = [
+        (namespace.to_owned(), Some(args)),
+        (format!("{namespace}:warm-up"), warm.as_ref()),
+    ];
+    for (prefix, workload) in &sale {
+        let Some(workload) = workload else { continue };
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}:stock"))
+            .arg(workload.capacity)
+            .query_async(&mut first)
+            .await
+            .context("SET failed")?;
+    }
+    if let Some(warm) = &warm {
+        drive(warm, "raw Redis", hold(sale[1].0.clone())).await;
+    }
+    Ok(drive(args, "raw Redis", hold(sale[0].0.clone())).await)
 }
 
 /// `{ serverTime }` as `--buyers` distinct buyers against a server of the embedded flow (the
@@ -172,7 +201,7 @@ async fn raw_redis_in(namespace: &str, args: &Args) -> anyhow::Result<ReferenceR
 async fn request_floor(args: &Args) -> anyhow::Result<ReferenceResult> {
     let mut server = target::Server::start(super::Flow::Sqlite, args).await?;
     let api = Api::new(&server.url(), args.concurrency, &server.secret)?;
-    let result = drive(args, "request floor", move |(_, buyer)| {
+    let floor = move |(_, buyer)| {
         let api = api.clone();
         async move {
             // Signed here, as the flash sale's buyers sign theirs.
@@ -185,8 +214,11 @@ async fn request_floor(args: &Args) -> anyhow::Result<ReferenceResult> {
                 other => anyhow::bail!("serverTime failed: {other:?}"),
             }
         }
-    })
-    .await;
+    };
+    if let Some(warm) = args.warm_up() {
+        drive(&warm, "request floor", floor.clone()).await;
+    }
+    let result = drive(args, "request floor", floor).await;
     server.stop().await?;
     Ok(result)
 }

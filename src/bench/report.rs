@@ -30,6 +30,8 @@ pub struct Workload {
     pub release_share: f64,
     pub ttl_secs: u32,
     pub idempotency_keys: bool,
+    /// Hold attempts of the warm-up, before the measured rush.
+    pub warmup: u64,
 }
 
 #[derive(Serialize, Clone, Copy, Default)]
@@ -64,6 +66,8 @@ pub struct FlowReport {
     pub server_cpu_secs: Option<f64>,
     pub server_peak_rss_mb: Option<f64>,
     pub failures: Vec<String>,
+    /// Holds the warm-up won (and released) before the rush.
+    pub warmup_released: u64,
 }
 
 #[derive(Serialize)]
@@ -87,6 +91,7 @@ impl FlowReport {
             sold_out: load.sold_out,
             capacity_holds: 0,
             returned_in_rush: load.returned_in_rush.iter().sum(),
+            warmup_released: load.warmup_released,
             checkouts: load.checkouts,
             releases: load.releases,
             expired_before_action: load.actions_refused,
@@ -178,6 +183,7 @@ impl Report {
             release_share: args.release_share,
             ttl_secs: args.ttl_secs,
             idempotency_keys: !args.no_idempotency_keys,
+            warmup: args.warmup,
         };
         Report {
             workload,
@@ -261,7 +267,7 @@ impl Report {
         let w = &self.workload;
         format!(
             "\nflash sale: {} buyers, {} at once, {} ticket type(s) of {} tickets, {} per hold, \
-             {:.0}% check out, {:.0}% release, TTL {} s, {}\n\n",
+             {:.0}% check out, {:.0}% release, TTL {} s, {}, after {} warm-up holds\n\n",
             w.buyers,
             w.concurrency,
             w.ticket_types,
@@ -274,7 +280,8 @@ impl Report {
                 "an idempotency key per hold"
             } else {
                 "no idempotency keys"
-            }
+            },
+            w.warmup
         )
     }
 

@@ -24,6 +24,8 @@ fn a_small_flash_sale_passes_the_bench_checks() {
             "8",
             "--ttl-secs",
             "1",
+            "--warmup",
+            "40",
             "--references",
             "--json",
         ])
@@ -50,6 +52,10 @@ fn a_small_flash_sale_passes_the_bench_checks() {
     assert!(flow["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
     // Its holds carried idempotency keys, as the buyer's page sends them.
     assert_eq!(report["workload"]["idempotency_keys"], true, "{report}");
+    // The warm-up ran first, on an event of its own with a fifth as many tickets: it won all
+    // 8 and released them, and none of its 40 attempts is counted above.
+    assert_eq!(report["workload"]["warmup"], 40, "{report}");
+    assert_eq!(flow["warmup_released"], 8, "{report}");
     // The references ran the same 200 buyers: the two engines sold exactly the 50 tickets of
     // their hot row, and the request floor answered every buyer.
     let references = report["references"].as_array().expect("references");
