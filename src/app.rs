@@ -40,6 +40,7 @@ pub struct Config {
     pub database_url: String,
 
     /// Connections in the PostgreSQL pool, opened at start and kept (SQLite always uses one).
+    /// The database flow's hold writer keeps 3 more of its own.
     #[arg(
         long,
         env = "TICKETHOLD_DATABASE_CONNECTIONS_MAX",
@@ -429,17 +430,25 @@ async fn start_store(
     wakeup: &Arc<Wakeup>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Running> {
-    let connection = db::connect(&config.database_url, config.database_connections_max)
+    let Some(url) = &config.redis_url else {
+        let store = DbStore::open(
+            &config.database_url,
+            config.database_connections_max,
+            bus.clone(),
+            wakeup.clone(),
+            limits.clone(),
+        )
         .await
         .context("cannot open the database")?;
-    let Some(url) = &config.redis_url else {
-        let store = DbStore::new(connection, bus.clone(), wakeup.clone(), limits.clone());
         return Ok(Running {
             store: Arc::new(store),
             journal: None,
             tasks: Vec::new(),
         });
     };
+    let connection = db::connect(&config.database_url, config.database_connections_max)
+        .await
+        .context("cannot open the database")?;
     let settings = RedisSettings {
         url: url.clone(),
         namespace: config.redis_namespace.clone(),

@@ -18,6 +18,14 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 /// milliseconds, stalling the first buyers (the bench saw p99 hold latency near 100 ms on a fresh
 /// server, under 50 ms with the pool warm).
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    let db = pool(url, max_connections).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Connections to the database at `url` (`max_connections` of PostgreSQL, one of SQLite),
+/// without migrating it.
+pub(super) async fn pool(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
@@ -43,9 +51,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             .max_connections(connections)
             .min_connections(connections);
     }
-    let db = Database::connect(options).await?;
-    Migrator::up(&db, None).await?;
-    Ok(db)
+    Database::connect(options).await
 }
 
 /// SQLite creates the file but not its folder (`./data/` by default).

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use entity::{hold, ticket_type};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -65,6 +65,31 @@ impl DbStore {
             holds,
             events: queries::KnownEvents::default(),
         }
+    }
+
+    /// A store over the database at `url`, connected (`connections` to PostgreSQL, one to
+    /// SQLite) and migrated. On PostgreSQL the holds are written by a thread of their own,
+    /// with `batch::WRITER_CONNECTIONS` more connections.
+    pub async fn open(
+        url: &str,
+        connections: u32,
+        bus: Bus,
+        wakeup: Arc<Wakeup>,
+        limits: Limits,
+    ) -> Result<DbStore, DbErr> {
+        let db = connect(url, connections).await?;
+        let holds = match db.get_database_backend() {
+            DbBackend::Postgres => batch::Batcher::start_on_own_thread(url, bus.clone()).await?,
+            _ => batch::Batcher::start(db.clone(), bus.clone()),
+        };
+        Ok(DbStore {
+            db,
+            bus,
+            wakeup,
+            limits,
+            holds,
+            events: queries::KnownEvents::default(),
+        })
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

@@ -146,9 +146,11 @@ impl TestDb {
 
     /// A database store on this database, with its own bus, and the limits given.
     pub async fn store(&self, limits: Limits) -> (Arc<DbStore>, Bus) {
-        let connection = connect(self.url(), 16).await.expect("connect");
         let bus = Bus::new(1024);
-        let store = DbStore::new(connection, bus.clone(), Arc::new(Wakeup::default()), limits);
+        let wakeup = Arc::new(Wakeup::default());
+        let store = DbStore::open(self.url(), 16, bus.clone(), wakeup, limits)
+            .await
+            .expect("connect");
         (Arc::new(store), bus)
     }
 }
