@@ -80,31 +80,8 @@ impl Batcher {
     /// its own thread the operating system wakes it as soon as the database answers.
     pub async fn start_on_own_thread(url: &str, bus: Bus) -> Result<Batcher, sea_orm::DbErr> {
         let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);
-        let (connected, connecting) = oneshot::channel();
-        let url = url.to_owned();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| sea_orm::DbErr::Custom(format!("cannot start the hold writer: {e}")))?;
-        std::thread::Builder::new()
-            .name("hold-writer".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    // Connected here, so that their sockets wake this runtime.
-                    match super::connect::pool(&url, WRITER_CONNECTIONS).await {
-                        Ok(db) => {
-                            connected.send(Ok(())).ok();
-                            run(db, bus, receiver).await;
-                        }
-                        Err(error) => {
-                            connected.send(Err(error)).ok();
-                        }
-                    }
-                })
-            })
-            .map_err(|e| sea_orm::DbErr::Custom(format!("cannot start the hold writer: {e}")))?;
-        let stopped = || sea_orm::DbErr::Custom("the hold writer stopped".into());
-        connecting.await.map_err(|_| stopped())??;
+        let task = move |db| run(db, bus, receiver);
+        super::connect::run_on_own_thread("hold-writer", url, WRITER_CONNECTIONS, task).await?;
         Ok(Batcher { sender })
     }
 

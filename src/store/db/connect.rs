@@ -1,5 +1,6 @@
 //! Connecting to the database and bringing its schema up to date.
 
+use std::future::Future;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -52,6 +53,48 @@ pub(super) async fn pool(url: &str, max_connections: u32) -> Result<DatabaseConn
             .min_connections(connections);
     }
     Database::connect(options).await
+}
+
+/// Runs `task` on a thread named `name`, with a current-thread runtime of its own and
+/// `connections` connections to the database server at `url` opened on it, so that the
+/// server's answers wake that thread at once instead of waiting for a worker of a busy shared
+/// runtime. Returns once connected; the thread ends with the task.
+pub async fn run_on_own_thread<F, Fut>(
+    name: &str,
+    url: &str,
+    connections: u32,
+    task: F,
+) -> Result<(), DbErr>
+where
+    F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let cannot_start = |e: std::io::Error| DbErr::Custom(format!("cannot start {name}: {e}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(cannot_start)?;
+    let (connected, connecting) = tokio::sync::oneshot::channel();
+    let url = url.to_owned();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match pool(&url, connections).await {
+                    Ok(db) => {
+                        connected.send(Ok(())).ok();
+                        task(db).await;
+                    }
+                    Err(error) => {
+                        connected.send(Err(error)).ok();
+                    }
+                }
+            })
+        })
+        .map_err(cannot_start)?;
+    connecting
+        .await
+        .map_err(|_| DbErr::Custom(format!("{name} stopped")))?
 }
 
 /// SQLite creates the file but not its folder (`./data/` by default).
