@@ -78,10 +78,10 @@ impl DbStore {
         limits: Limits,
     ) -> Result<DbStore, DbErr> {
         let db = connect(url, connections).await?;
-        let holds = match db.get_database_backend() {
-            DbBackend::Postgres => batch::Batcher::start_on_own_thread(url, bus.clone()).await?,
-            _ => batch::Batcher::start(db.clone(), bus.clone()),
-        };
+        if db.get_database_backend() != DbBackend::Postgres {
+            return Ok(DbStore::new(db, bus, wakeup, limits));
+        }
+        let holds = batch::Batcher::start_on_own_thread(url, bus.clone()).await?;
         Ok(DbStore {
             db,
             bus,
