@@ -38,7 +38,7 @@ use crate::store::{Outcome, StoreError, StoreResult};
 const BATCH_MAX: usize = 256;
 
 /// Connections of a hold writer on a thread of its own: the three reads of a sift at once.
-pub const WRITER_CONNECTIONS: u32 = 3;
+const WRITER_CONNECTIONS: u32 = 3;
 
 /// What a request came to.
 pub enum Answer {
@@ -76,7 +76,7 @@ impl Batcher {
     /// Starts the task on a thread of its own, with a runtime and connections (to the
     /// database server at `url`) of its own. A batch makes several round trips while it holds
     /// the hot row's lock; on the service's runtime each of them would wait for a worker behind
-    /// the HTTP requests of the sale (the bench measured a third fewer holds per second so), on
+    /// the HTTP requests of the sale (the bench measured a fifth fewer holds per second so), on
     /// its own thread the operating system wakes it as soon as the database answers.
     pub async fn start_on_own_thread(url: &str, bus: Bus) -> Result<Batcher, sea_orm::DbErr> {
         let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);

@@ -69,7 +69,7 @@ impl DbStore {
 
     /// A store over the database at `url`, connected (`connections` to PostgreSQL, one to
     /// SQLite) and migrated. On PostgreSQL the holds are written by a thread of their own,
-    /// with `batch::WRITER_CONNECTIONS` more connections.
+    /// with 3 more connections of its own.
     pub async fn open(
         url: &str,
         connections: u32,
