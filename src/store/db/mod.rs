@@ -57,14 +57,7 @@ impl DbStore {
     /// they commit; new expiries are scheduled on `wakeup`.
     pub fn new(db: DatabaseConnection, bus: Bus, wakeup: Arc<Wakeup>, limits: Limits) -> DbStore {
         let holds = batch::Batcher::start(db.clone(), bus.clone());
-        DbStore {
-            db,
-            bus,
-            wakeup,
-            limits,
-            holds,
-            events: queries::KnownEvents::default(),
-        }
+        DbStore::with_writer(db, bus, wakeup, limits, holds)
     }
 
     /// A store over the database at `url`, connected (`connections` to PostgreSQL, one to
@@ -82,14 +75,24 @@ impl DbStore {
             return Ok(DbStore::new(db, bus, wakeup, limits));
         }
         let holds = batch::Batcher::start_on_own_thread(url, bus.clone()).await?;
-        Ok(DbStore {
+        Ok(DbStore::with_writer(db, bus, wakeup, limits, holds))
+    }
+
+    fn with_writer(
+        db: DatabaseConnection,
+        bus: Bus,
+        wakeup: Arc<Wakeup>,
+        limits: Limits,
+        holds: batch::Batcher,
+    ) -> DbStore {
+        DbStore {
             db,
             bus,
             wakeup,
             limits,
             holds,
             events: queries::KnownEvents::default(),
-        })
+        }
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
