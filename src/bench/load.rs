@@ -104,24 +104,11 @@ async fn warm_up(api: &Api, warm: &Args) -> anyhow::Result<u64> {
     if let Some(failure) = rush.first_failure {
         anyhow::bail!("the warm-up failed: {failure}");
     }
-    let released: Vec<Outcome> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-        futures::stream::iter(
-            rush.winners
-                .iter()
-                .map(|won| api.release(&won.buyer, &won.id)),
-        ),
-        warm.concurrency,
-    ))
-    .await;
-    let mut count = 0;
-    for outcome in released {
-        match outcome {
-            Outcome::Done(_) => count += 1,
-            Outcome::Rejected(code) if code == "HOLD_EXPIRED" => {}
-            other => anyhow::bail!("a release of the warm-up failed: {other:?}"),
-        }
+    let actions = act(api, warm, &rush.winners).await;
+    if let Some(failure) = actions.first_failure {
+        anyhow::bail!("a release of the warm-up failed: {failure}");
     }
-    Ok(count)
+    Ok(actions.released.len() as u64)
 }
 
 /// Whose rush: the buyers' names (each a customer of its own) and the progress bar's label.

@@ -151,12 +151,14 @@ pub struct Args {
 
 impl Args {
     /// The workload of the warm-up (`--warmup` buyers, one ticket type with a fifth as many
-    /// tickets), or none.
+    /// tickets, every winner released), or none.
     fn warm_up(&self) -> Option<Args> {
         (self.warmup > 0).then(|| Args {
             buyers: self.warmup,
             ticket_types: 1,
             capacity: u32::try_from(self.warmup.div_ceil(5)).unwrap_or(u32::MAX),
+            checkout_share: 0.0,
+            release_share: 1.0,
             expire_together: false,
             ..self.clone()
         })

@@ -69,35 +69,37 @@ async fn naive_postgres_in(url: &str, args: &Args) -> anyhow::Result<ReferenceRe
     )
     .await
     .context("cannot create the reference tables")?;
-    // The hot ticket of the sale, and one of its own for the warm-up.
-    let warm = args.warm_up();
-    let tickets = [(1, Some(args)), (2, warm.as_ref())];
-    for (id, workload) in tickets {
-        let Some(workload) = workload else { continue };
-        db.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO ticket (id, capacity, held) VALUES ($1, $2, 0)",
-            [
-                id.into(),
-                i32::try_from(workload.capacity)
-                    .context("capacity too large")?
-                    .into(),
-            ],
-        ))
-        .await
-        .context("cannot insert the hot ticket")?;
+    // The warm-up on a hot ticket of its own (2), then the sale on ticket 1.
+    if let Some(warm) = args.warm_up() {
+        naive_sale(&db, 2, &warm).await?;
     }
-    let naive = |ticket: i32| {
+    naive_sale(&db, 1, args).await
+}
+
+/// `workload`'s buyers, each a naive hold of ticket `ticket` (inserted with its capacity).
+async fn naive_sale(
+    db: &DatabaseConnection,
+    ticket: i32,
+    workload: &Args,
+) -> anyhow::Result<ReferenceResult> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO ticket (id, capacity, held) VALUES ($1, $2, 0)",
+        [
+            ticket.into(),
+            i32::try_from(workload.capacity)
+                .context("capacity too large")?
+                .into(),
+        ],
+    ))
+    .await
+    .context("cannot insert the hot ticket")?;
+    let db = db.clone();
+    Ok(drive(workload, "naive PostgreSQL", move |_| {
         let db = db.clone();
-        move |_| {
-            let db = db.clone();
-            async move { naive_hold(&db, ticket).await }
-        }
-    };
-    if let Some(warm) = &warm {
-        drive(warm, "naive PostgreSQL", naive(2)).await;
-    }
-    Ok(drive(args, "naive PostgreSQL", naive(1)).await)
+        async move { naive_hold(&db, ticket).await }
+    })
+    .await)
 }
 
 /// One naive hold: a conditional update of the hot row, then the hold row, in a transaction.
@@ -152,47 +154,49 @@ async fn raw_redis_in(namespace: &str, args: &Args) -> anyhow::Result<ReferenceR
         .query_async(&mut first)
         .await
         .context("SCRIPT LOAD failed")?;
-    let ttl_ms = u64::from(args.ttl_secs) * 1000;
     let connections = Arc::new(connections);
-    // The hot ticket's stock under `{namespace}:stock`, the warm-up's under `...:warm-up:stock`.
-    let hold = |prefix: String| {
-        let (connections, sha) = (connections.clone(), sha.clone());
-        move |(worker, buyer): (usize, u64)| {
-            let mut conn: redis::aio::MultiplexedConnection = connections[worker].clone();
-            let sha = sha.clone();
-            let (stock_key, hold_key) =
-                (format!("{prefix}:stock"), format!("{prefix}:hold:{buyer}"));
-            async move {
-                let held: i64 = redis::cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(2)
-                    .arg(&stock_key)
-                    .arg(&hold_key)
-                    .arg(ttl_ms)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(held == 1)
-            }
+    // The warm-up under a prefix of its own, then the sale.
+    if let Some(warm) = args.warm_up() {
+        let prefix = format!("{namespace}:warm-up");
+        raw_redis_sale(&connections, &sha, &prefix, &warm).await?;
+    }
+    raw_redis_sale(&connections, &sha, namespace, args).await
+}
+
+/// `workload`'s buyers, each an `EVALSHA` of the hold script on the stock under `prefix` (set
+/// to its capacity), on the connection of its worker.
+async fn raw_redis_sale(
+    connections: &Arc<Vec<redis::aio::MultiplexedConnection>>,
+    sha: &str,
+    prefix: &str,
+    workload: &Args,
+) -> anyhow::Result<ReferenceResult> {
+    let stock_key = format!("{prefix}:stock");
+    let _: () = redis::cmd("SET")
+        .arg(&stock_key)
+        .arg(workload.capacity)
+        .query_async(&mut connections[0].clone())
+        .await
+        .context("SET failed")?;
+    let ttl_ms = u64::from(workload.ttl_secs) * 1000;
+    let (connections, sha, prefix) = (connections.clone(), sha.to_owned(), prefix.to_owned());
+    Ok(drive(workload, "raw Redis", move |(worker, buyer)| {
+        let mut conn = connections[worker].clone();
+        let (sha, stock_key) = (sha.clone(), stock_key.clone());
+        let hold_key = format!("{prefix}:hold:{buyer}");
+        async move {
+            let held: i64 = redis::cmd("EVALSHA")
+                .arg(&sha)
+                .arg(2)
+                .arg(&stock_key)
+                .arg(&hold_key)
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await?;
+            Ok(held == 1)
         }
-    };
-    let warm = args.warm_up();
-    let sale = [
-        (namespace.to_owned(), Some(args)),
-        (format!("{namespace}:warm-up"), warm.as_ref()),
-    ];
-    for (prefix, workload) in &sale {
-        let Some(workload) = workload else { continue };
-        let _: () = redis::cmd("SET")
-            .arg(format!("{prefix}:stock"))
-            .arg(workload.capacity)
-            .query_async(&mut first)
-            .await
-            .context("SET failed")?;
-    }
-    if let Some(warm) = &warm {
-        drive(warm, "raw Redis", hold(sale[1].0.clone())).await;
-    }
-    Ok(drive(args, "raw Redis", hold(sale[0].0.clone())).await)
+    })
+    .await)
 }
 
 /// `{ serverTime }` as `--buyers` distinct buyers against a server of the embedded flow (the

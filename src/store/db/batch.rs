@@ -409,11 +409,14 @@ impl<'a> Ledger<'a> {
     fn available(&self) -> BTreeMap<TicketTypeId, i64> {
         self.types
             .iter()
-            .map(|(id, tt)| {
-                let taken = self.taken.get(id).copied().unwrap_or(0);
-                (*id, i64::from(tt.capacity - tt.sold - tt.held - taken))
-            })
+            .map(|(id, tt)| (*id, self.available_of(tt)))
             .collect()
+    }
+
+    /// Tickets available of `tt`, after what the ledger took.
+    fn available_of(&self, tt: &ticket_type::Model) -> i64 {
+        let taken = self.taken.get(&TicketTypeId(tt.id)).copied().unwrap_or(0);
+        i64::from(tt.capacity) - i64::from(tt.sold) - i64::from(tt.held) - i64::from(taken)
     }
 
     /// Decides one request with the same rules, in the same order, as a transaction of its own
@@ -447,8 +450,7 @@ impl<'a> Ledger<'a> {
         for (id, quantity) in &request.items {
             let tt = &self.types[id];
             let quantity = i64::from(quantity.get());
-            let taken = i64::from(self.taken.get(id).copied().unwrap_or(0));
-            let available = i64::from(tt.capacity - tt.sold - tt.held) - taken;
+            let available = self.available_of(tt);
             let already = self
                 .owned
                 .get(&(customer.to_owned(), *id))
