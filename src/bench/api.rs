@@ -118,8 +118,14 @@ impl Api {
         }
     }
 
-    /// Creates the event and its ticket types; returns their ids.
-    pub async fn setup(&self, types: u32, capacity: u32) -> anyhow::Result<(String, Vec<String>)> {
+    /// Creates the event and its ticket types (each with `capacity` tickets and the limit per
+    /// customer given); returns their ids.
+    pub async fn setup(
+        &self,
+        types: u32,
+        capacity: u32,
+        max_per_customer: Option<u32>,
+    ) -> anyhow::Result<(String, Vec<String>)> {
         let event = self
             .must(
                 "mutation($n:String!){createEvent(input:{name:$n}){id}}",
@@ -132,9 +138,14 @@ impl Api {
         for index in 0..types {
             let ticket_type = self
                 .must(
-                    "mutation($e:ID!,$n:String!,$c:Int!){createTicketType(input:{eventId:$e,\
-                     name:$n,priceCents:4500,capacity:$c}){id}}",
-                    json!({"e": event_id, "n": format!("Type {index}"), "c": capacity}),
+                    "mutation($e:ID!,$n:String!,$c:Int!,$m:Int){createTicketType(input:{\
+                     eventId:$e,name:$n,priceCents:4500,capacity:$c,maxPerCustomer:$m}){id}}",
+                    json!({
+                        "e": event_id,
+                        "n": format!("Type {index}"),
+                        "c": capacity,
+                        "m": max_per_customer,
+                    }),
                     "createTicketType",
                 )
                 .await?;

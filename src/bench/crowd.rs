@@ -125,7 +125,7 @@ async fn measure(
     let api = Api::new(url, args.concurrency, secret)?;
     let clock_offset_ms = clock_offset_ms(&api).await?;
     let capacity = u32::try_from(args.crowd_holds).context("--crowd-holds is too large")?;
-    let (event_id, type_ids) = api.setup(1, capacity).await?;
+    let (event_id, type_ids) = api.setup(1, capacity, None).await?;
     let cpu_start = server_cpu();
     let holds = create_holds(&api, args, &event_id, &type_ids[0]).await;
     let cpu_holds = server_cpu();

@@ -76,7 +76,9 @@ pub async fn run(url: &str, args: &Args, server: Option<&Server>) -> anyhow::Res
     };
     let api = Api::new(url, args.concurrency, &secret)?;
     let offset_ms = api.clock_offset_ms().await?;
-    let (event_id, type_ids) = api.setup(args.ticket_types, args.capacity).await?;
+    let (event_id, type_ids) = api
+        .setup(args.ticket_types, args.capacity, args.max_per_customer)
+        .await?;
     let warmup_released = match args.warm_up() {
         Some(warm) => warm_up(&api, &warm).await?,
         None => 0,
@@ -99,7 +101,9 @@ pub async fn run(url: &str, args: &Args, server: Option<&Server>) -> anyhow::Res
 /// The warm-up's rush, on an event of its own, then a release of every hold it won (so that
 /// none expires during the measured rush); the number released.
 async fn warm_up(api: &Api, warm: &Args) -> anyhow::Result<u64> {
-    let (event_id, type_ids) = api.setup(warm.ticket_types, warm.capacity).await?;
+    let (event_id, type_ids) = api
+        .setup(warm.ticket_types, warm.capacity, warm.max_per_customer)
+        .await?;
     let rush = rush(api, warm, &event_id, &type_ids, Buyers::WarmUp).await;
     if let Some(failure) = rush.first_failure {
         anyhow::bail!("the warm-up failed: {failure}");

@@ -93,6 +93,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub quantity: u32,
 
+    /// Tickets one customer may have of each ticket type (`maxPerCustomer`); none by default.
+    /// Each buyer holds once, so the limit refuses nobody, but the server counts what every
+    /// buyer has, as it does in a sale with a limit.
+    #[arg(long)]
+    pub max_per_customer: Option<u32>,
+
     /// Share of the successful holds that check out.
     #[arg(long, default_value_t = 0.5)]
     pub checkout_share: f64,
@@ -223,6 +229,10 @@ fn validate(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
     anyhow::ensure!(args.ticket_types > 0, "--ticket-types must be positive");
     anyhow::ensure!(args.quantity > 0, "--quantity must be positive");
+    anyhow::ensure!(
+        args.max_per_customer.is_none_or(|max| max >= args.quantity),
+        "--max-per-customer must be at least --quantity (each buyer holds once)"
+    );
     anyhow::ensure!(args.ttl_secs > 0, "--ttl-secs must be positive");
     let shares = [args.checkout_share, args.release_share];
     anyhow::ensure!(

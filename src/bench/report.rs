@@ -26,6 +26,8 @@ pub struct Workload {
     pub ticket_types: u32,
     pub capacity: u32,
     pub quantity: u32,
+    /// `maxPerCustomer` of every ticket type, if any.
+    pub max_per_customer: Option<u32>,
     pub checkout_share: f64,
     pub release_share: f64,
     pub ttl_secs: u32,
@@ -179,6 +181,7 @@ impl Report {
             ticket_types: args.ticket_types,
             capacity: args.capacity,
             quantity: args.quantity,
+            max_per_customer: args.max_per_customer,
             checkout_share: args.checkout_share,
             release_share: args.release_share,
             ttl_secs: args.ttl_secs,
@@ -266,12 +269,16 @@ impl Report {
     fn workload_line(&self) -> String {
         let w = &self.workload;
         format!(
-            "\nflash sale: {} buyers, {} at once, {} ticket type(s) of {} tickets, {} per hold, \
+            "\nflash sale: {} buyers, {} at once, {} ticket type(s) of {} tickets{}, {} per hold, \
              {:.0}% check out, {:.0}% release, TTL {} s, {}, after {} warm-up holds\n\n",
             w.buyers,
             w.concurrency,
             w.ticket_types,
             w.capacity,
+            match w.max_per_customer {
+                Some(max) => format!(" (at most {max} per customer)"),
+                None => String::new(),
+            },
             w.quantity,
             w.checkout_share * 100.0,
             w.release_share * 100.0,

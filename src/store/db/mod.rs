@@ -17,7 +17,7 @@ pub(crate) mod queries;
 
 pub use connect::connect;
 #[doc(hidden)]
-pub use queries::overdue_held_statement;
+pub use queries::batch_statements;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
