@@ -18,6 +18,8 @@ fn a_small_flash_sale_passes_the_bench_checks() {
             "200",
             "--capacity",
             "50",
+            "--max-per-customer",
+            "1",
         ])
         .args([
             "--concurrency",
@@ -50,8 +52,10 @@ fn a_small_flash_sale_passes_the_bench_checks() {
     assert!(flow["expiry_expected"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(flow["failures"], serde_json::json!([]), "{report}");
     assert!(flow["holds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
-    // Its holds carried idempotency keys, as the buyer's page sends them.
+    // Its holds carried idempotency keys, as the buyer's page sends them, of a ticket type with a
+    // limit per customer that each buyer's one hold meets.
     assert_eq!(report["workload"]["idempotency_keys"], true, "{report}");
+    assert_eq!(report["workload"]["max_per_customer"], 1, "{report}");
     // The warm-up ran first, on an event of its own with a fifth as many tickets: it won all
     // 8 and released them, and none of its 40 attempts is counted above.
     assert_eq!(report["workload"]["warmup"], 40, "{report}");
