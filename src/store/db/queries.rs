@@ -567,8 +567,8 @@ pub async fn overdue_held<C: ConnectionTrait>(
 /// batch of refusals; given the ticket type, the planners join from its items (every hold of the
 /// sale, thousands, where the statistics taken before the sale expect none) rather than from the
 /// few overdue holds (with 10,000 holds of the hot ticket type on an analyzed PostgreSQL, the
-/// bench measured 784 holds/s so, 8,469 without). So the ticket types are kept after, and the
-/// statement first asks the `(status, expires_at)` index whether any active hold is overdue at
+/// bench measured 784 holds/s so, 8,469 with the check below). So the ticket types are kept
+/// after, and the statement first asks the `(status, expires_at)` index whether any active hold is overdue at
 /// all (an uncorrelated `EXISTS`, evaluated once) and joins nothing when none is.
 fn overdue_held_select(now: Millis) -> Select<hold_item::Entity> {
     let overdue = || {
