@@ -301,7 +301,7 @@ pub async fn customer_quantities<C: ConnectionTrait>(
 /// customers alone (the unique index on `(customer_id, idempotency_key)`). Given the ticket
 /// type, or the statuses, the planners may start from that ticket type's items, or from the
 /// active holds: every hold of the sale, where the statistics, taken before it, expect none (a
-/// batch of 64 limited holds took 440 ms on PostgreSQL with 2,000 holds of the ticket type).
+/// batch of 30 limited holds took 440 ms on PostgreSQL with 2,000 holds of the ticket type).
 /// What is counted is decided in the sum, which no index serves; the ticket types are kept
 /// after.
 fn customer_quantities_select(customers: &[&str], now: Millis) -> Select<hold_item::Entity> {
