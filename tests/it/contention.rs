@@ -279,12 +279,12 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
             .iter()
             .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
             .collect();
-        let by_ticket_type = plan.iter().any(|line| {
+        let reads_items_otherwise = plan.iter().any(|line| {
             line.contains(" on hold_items")
                 && !line.contains("never executed")
                 && !line.contains("using hold_items_pkey")
         });
-        assert!(!by_ticket_type, "{}", plan.join("\n"));
+        assert!(!reads_items_otherwise, "{}", plan.join("\n"));
     }
 
     // What they count: each buyer's hot hold; nothing overdue now, every hot hold ten minutes
