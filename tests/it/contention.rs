@@ -8,7 +8,7 @@ use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use tickethold::domain::{CustomerId, HoldRequest, Limits, Millis, NewTicketType, Rejection};
 use tickethold::store::HoldStore;
-use tickethold::store::db::batch_statements;
+use tickethold::store::db::{batch_statements, connect};
 
 use crate::support::db::redis_url;
 use crate::support::{RedisCluster, RedisNamespace, TestDb, TestServer, error_code};
@@ -234,8 +234,7 @@ async fn refusals_after_a_sell_out_do_not_queue_for_the_hot_row_on_postgres() {
 #[tokio::test]
 async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
     let db = TestDb::postgres().await;
-    let (_store, _bus) = db.store(Limits::default()).await;
-    let conn = Database::connect(db.url()).await.unwrap();
+    let conn = connect(db.url(), 1).await.unwrap();
     let now = Millis::now().0;
     // Twenty past events of 1,000 ended holds each, analyzed; then 2,000 active holds of a hot
     // ticket type that the statistics have not seen, as during a sale, one per buyer.
