@@ -8,7 +8,7 @@ use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use tickethold::domain::{CustomerId, HoldRequest, Limits, Millis, NewTicketType, Rejection};
 use tickethold::store::HoldStore;
-use tickethold::store::db::{batch_statements, connect};
+use tickethold::store::db::{batch_statements, connect, hold_ids_by_idempotency_keys, keys_probe};
 
 use crate::support::db::redis_url;
 use crate::support::{RedisCluster, RedisNamespace, TestDb, TestServer, error_code};
@@ -302,4 +302,74 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
     let overdue = conn.query_all_raw(overdue).await.unwrap();
     let total: i64 = overdue[0].try_get("", "total").unwrap();
     assert_eq!((overdue.len(), total), (1, 2000));
+}
+
+/// Every sift of a sold-out sale, and every keyed hold of the Redis flow, asks which of its
+/// (customer, idempotency key) pairs made a hold already. On PostgreSQL each pair is one probe
+/// of the unique index, also on a holds table that the planner's statistics have not seen (a
+/// sale on a fresh database), and only exact pairs are found.
+#[tokio::test]
+async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
+    let db = TestDb::postgres().await;
+    let conn = connect(db.url(), 1).await.unwrap();
+    conn.execute_unprepared(
+        "INSERT INTO events VALUES (gen_random_uuid(), 'sale', 0);
+         INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
+             idempotency_key)
+         SELECT gen_random_uuid(), e.id, 'buyer-' || i, 'ACTIVE', 0, 1, 'cart-' || i
+         FROM events e, generate_series(1, 5000) i;
+         INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
+             idempotency_key)
+         SELECT gen_random_uuid(), id, 'buyer-1', 'ACTIVE', 0, 1, 'cart-x' FROM events;",
+    )
+    .await
+    .unwrap();
+    // A batch's worth: six pairs that tell exact pairs from sets, and new keys.
+    let new_keys: Vec<(String, String)> = (10..68)
+        .map(|i| (format!("buyer-{i}"), format!("cart-new-{i}")))
+        .collect();
+    let asked: Vec<(&str, &str)> = [
+        ("buyer-1", "cart-1"),
+        ("buyer-2", "cart-1"),
+        ("buyer-1", "cart-x"),
+        ("buyer-3", "cart-3"),
+        ("buyer-9999", "cart-3"),
+        ("buyer-4", "cart-5"),
+    ]
+    .into_iter()
+    .chain(new_keys.iter().map(|(c, k)| (c.as_str(), k.as_str())))
+    .collect();
+
+    let probe = keys_probe(&asked);
+    let plan: Vec<String> = conn
+        .query_all_raw(Statement {
+            sql: format!("EXPLAIN (ANALYZE, COSTS OFF) {}", probe.sql),
+            ..probe
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
+        .collect();
+    let reads_holds_otherwise = plan.iter().any(|line| {
+        line.contains(" on holds") && !line.contains("using uq_holds_customer_idempotency_key")
+    });
+    assert!(!reads_holds_otherwise, "{}", plan.join("\n"));
+
+    let found = hold_ids_by_idempotency_keys(&conn, &asked).await.unwrap();
+    let mut pairs: Vec<(&str, &str)> = found
+        .keys()
+        .map(|(customer, key)| (customer.as_str(), key.as_str()))
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            ("buyer-1", "cart-1"),
+            ("buyer-1", "cart-x"),
+            ("buyer-3", "cart-3")
+        ]
+    );
+    let ids: std::collections::HashSet<_> = found.values().collect();
+    assert_eq!(ids.len(), 3);
 }

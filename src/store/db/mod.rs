@@ -17,7 +17,7 @@ pub(crate) mod queries;
 
 pub use connect::connect;
 #[doc(hidden)]
-pub use queries::batch_statements;
+pub use queries::{batch_statements, hold_ids_by_idempotency_keys, keys_probe};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
