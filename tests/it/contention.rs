@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
-use tickethold::domain::{CustomerId, HoldRequest, Limits, Millis, NewTicketType, Rejection};
+use tickethold::domain::{
+    CheckoutRequest, CustomerId, HoldId, HoldRequest, HoldStatus, Limits, Millis, NewTicketType,
+    Rejection,
+};
 use tickethold::store::HoldStore;
 use tickethold::store::db::{batch_statements, connect, hold_ids_by_idempotency_keys, keys_probe};
 
@@ -372,4 +375,121 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
     );
     let ids: std::collections::HashSet<_> = found.values().collect();
     assert_eq!(ids.len(), 3);
+}
+
+/// When a sale ends its buyers pay or give up at once: 100 checkouts and 100 releases of one
+/// ticket type, all at once, with a second checkout of ten of the holds, a second release of
+/// five, a checkout of a hold that is due and one of no hold. Each hold ends once, a second
+/// checkout gets the first's order, the counters add up; and the checkouts and releases
+/// changed the hot row in batches, not once each.
+async fn buyers_pay_and_give_up_at_once(db: TestDb) {
+    let limits = Limits::default();
+    let (store, _bus) = db.store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Ending".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "A".into(), 1500, 300, None, &limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let hold = |customer: String, ttl_secs: i64| {
+        let customer = CustomerId::new(customer, &limits).unwrap();
+        let items = [(ticket_type.id, 1)];
+        let request =
+            HoldRequest::new(event.id, customer, items, Some(ttl_secs), None, &limits).unwrap();
+        store.hold(request, now)
+    };
+    let holds: Vec<_> = join_all((0..200).map(|i| hold(format!("buyer-{i}"), 600)))
+        .await
+        .into_iter()
+        .map(|made| made.unwrap().unwrap().id)
+        .collect();
+    let due = hold("late".into(), 1).await.unwrap().unwrap().id;
+    let version_before = store
+        .availability(ticket_type.id, now)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+
+    // Two seconds later: the late buyer's hold is due, every other hold is active.
+    let later = Millis(now.0 + 2_000);
+    let checkout = |id: HoldId| {
+        let request = CheckoutRequest::new(id, format!("pay-{id}"), None, &limits).unwrap();
+        store.checkout(request, later)
+    };
+    let paying = holds[..100].iter().chain(&holds[..10]).copied();
+    let checkouts = join_all(
+        paying
+            .chain([due, HoldId(uuid::Uuid::new_v4())])
+            .map(checkout),
+    );
+    let giving_up = holds[100..].iter().chain(&holds[100..105]);
+    let releases = join_all(giving_up.map(|id| store.release(*id, later)));
+    let (checkouts, releases) = tokio::join!(checkouts, releases);
+
+    let orders: Vec<_> = checkouts[..110]
+        .iter()
+        .map(|answer| answer.as_ref().unwrap().as_ref().unwrap())
+        .collect();
+    for (i, order) in orders.iter().enumerate() {
+        assert_eq!(order.hold_id, holds[i % 100]);
+    }
+    for i in 0..10 {
+        assert_eq!(
+            orders[100 + i].id,
+            orders[i].id,
+            "a second checkout of hold {i}"
+        );
+    }
+    assert!(
+        matches!(&checkouts[110], Ok(Err(Rejection::HoldExpired))),
+        "{:?}",
+        checkouts[110]
+    );
+    let unknown = &checkouts[111];
+    assert!(
+        matches!(unknown, Ok(Err(Rejection::NotFound { .. }))),
+        "{unknown:?}"
+    );
+    for (i, id) in holds[100..105].iter().enumerate() {
+        let answers = [&releases[i], &releases[100 + i]];
+        let released = answers.iter().filter(|a| matches!(a, Ok(Ok(_)))).count();
+        let refused = answers
+            .iter()
+            .filter(|a| {
+                let not_active = Rejection::HoldNotActive {
+                    status: HoldStatus::Released,
+                };
+                matches!(a, Ok(Err(rejection)) if *rejection == not_active)
+            })
+            .count();
+        assert_eq!((released, refused), (1, 1), "hold {id}: {answers:?}");
+    }
+    for answer in &releases[5..100] {
+        let hold = answer.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(hold.status, HoldStatus::Released);
+    }
+
+    let after = store
+        .availability(ticket_type.id, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((after.sold, after.held), (100, 0), "on {}", db.kind());
+    assert_eq!(store.verify().await.unwrap(), vec![], "on {}", db.kind());
+    // 200 holds ended (and one expired): each alone would have changed the row 201 times.
+    let changes = after.version - version_before;
+    assert!(
+        changes < 100,
+        "{changes} changes of the hot row on {}",
+        db.kind()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_pay_and_give_up_at_once_on_sqlite() {
+    buyers_pay_and_give_up_at_once(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_pay_and_give_up_at_once_on_postgres() {
+    buyers_pay_and_give_up_at_once(TestDb::postgres().await).await;
 }

@@ -13,6 +13,7 @@
 mod batch;
 mod connect;
 pub(crate) mod convert;
+mod endings;
 pub(crate) mod queries;
 
 pub use connect::connect;
@@ -51,6 +52,7 @@ pub struct DbStore {
     wakeup: Arc<Wakeup>,
     limits: Limits,
     holds: batch::Batcher,
+    endings: endings::Endings,
     events: queries::KnownEvents,
 }
 
@@ -88,6 +90,7 @@ impl DbStore {
         holds: batch::Batcher,
     ) -> DbStore {
         DbStore {
+            endings: endings::Endings::start(db.clone(), bus.clone()),
             db,
             bus,
             wakeup,
@@ -101,19 +104,9 @@ impl DbStore {
         &self.db
     }
 
-    /// Reads and locks one hold (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite has one writer
-    /// at a time and needs no row lock).
+    /// Reads and locks one hold (see `queries::lock_holds`).
     async fn lock_hold(&self, txn: &DatabaseTransaction, id: HoldId) -> StoreResult<Option<Hold>> {
-        let Some(model) = hold::Entity::find_by_id(id.0)
-            .lock(LockType::Update)
-            .one(txn)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut items = queries::hold_items(txn, &[model.id]).await?;
-        let items = items.remove(&model.id).unwrap_or_default();
-        Ok(Some(hold_of(model, items)?))
+        Ok(queries::lock_holds(txn, &[id]).await?.pop())
     }
 
     /// Publishes a committed hold change and the new stock of the ticket types it touched.
@@ -174,6 +167,66 @@ impl DbStore {
         self.bus.publish_hold(hold.clone());
         tracing::info!(hold_id = %hold.id, event_id = %hold.event_id, "hold created");
         Ok((Ok(hold), false))
+    }
+
+    /// A release in a transaction of its own: what a batch leaves to its caller (a hold not
+    /// found, not active or due, one asked for twice in a batch).
+    async fn release_alone(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
+        let txn = self.db.begin().await?;
+        let Some(mut hold) = self.lock_hold(&txn, id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        if let Err(rejection) = hold.check_active(now) {
+            txn.rollback().await?;
+            return self.refuse(&hold, rejection, now).await;
+        }
+        queries::end_hold(&txn, &mut hold, HoldStatus::Released, now).await?;
+        let mut stock = Vec::with_capacity(hold.items.len());
+        for item in &hold.items {
+            stock
+                .push(queries::return_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
+        }
+        txn.commit().await?;
+        self.publish(&hold, stock);
+        tracing::info!(hold_id = %id, "hold released");
+        Ok(Ok(hold))
+    }
+
+    /// A checkout in a transaction of its own: what a batch leaves to its caller (a hold not
+    /// found, not active or due, a retry).
+    async fn checkout_alone(
+        &self,
+        request: CheckoutRequest,
+        now: Millis,
+    ) -> StoreResult<Outcome<Order>> {
+        let txn = self.db.begin().await?;
+        let Some(mut hold) = self.lock_hold(&txn, request.hold_id).await? else {
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        if hold.status == HoldStatus::Confirmed {
+            txn.rollback().await?;
+            return match self.order_of_hold(hold.id).await? {
+                Some(order) => Ok(Ok(order)),
+                None => Err(StoreError::Invariant(format!(
+                    "hold {} has no order",
+                    hold.id
+                ))),
+            };
+        }
+        if let Err(rejection) = hold.check_active(now) {
+            txn.rollback().await?;
+            return self.refuse(&hold, rejection, now).await;
+        }
+        queries::end_hold(&txn, &mut hold, HoldStatus::Confirmed, now).await?;
+        let order = queries::insert_order(&txn, &hold, &request, now).await?;
+        let mut stock = Vec::with_capacity(hold.items.len());
+        for item in &hold.items {
+            stock.push(queries::sell_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
+        }
+        txn.commit().await?;
+        self.publish(&hold, stock);
+        tracing::info!(hold_id = %hold.id, order_id = %order.id, "hold confirmed");
+        Ok(Ok(order))
     }
 
     /// Answers `rejection` for `hold`; one that is due is expired on the way, so that its stock
@@ -379,54 +432,22 @@ impl HoldStore for DbStore {
     }
 
     async fn release(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let txn = self.db.begin().await?;
-        let Some(mut hold) = self.lock_hold(&txn, id).await? else {
-            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        let Some(hold) = self.endings.release(id, now).await? else {
+            return self.release_alone(id, now).await;
         };
-        if let Err(rejection) = hold.check_active(now) {
-            txn.rollback().await?;
-            return self.refuse(&hold, rejection, now).await;
-        }
-        queries::end_hold(&txn, &mut hold, HoldStatus::Released, now).await?;
-        let mut stock = Vec::with_capacity(hold.items.len());
-        for item in &hold.items {
-            stock
-                .push(queries::return_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
-        }
-        txn.commit().await?;
-        self.publish(&hold, stock);
+        // The batch published the new stock once, after its commit.
+        self.bus.publish_hold(hold.clone());
         tracing::info!(hold_id = %id, "hold released");
         Ok(Ok(hold))
     }
 
     async fn checkout(&self, request: CheckoutRequest, now: Millis) -> StoreResult<Outcome<Order>> {
-        let txn = self.db.begin().await?;
-        let Some(mut hold) = self.lock_hold(&txn, request.hold_id).await? else {
-            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        let Some((order, hold)) = self.endings.checkout(request.clone(), now).await? else {
+            return self.checkout_alone(request, now).await;
         };
-        if hold.status == HoldStatus::Confirmed {
-            txn.rollback().await?;
-            return match self.order_of_hold(hold.id).await? {
-                Some(order) => Ok(Ok(order)),
-                None => Err(StoreError::Invariant(format!(
-                    "hold {} has no order",
-                    hold.id
-                ))),
-            };
-        }
-        if let Err(rejection) = hold.check_active(now) {
-            txn.rollback().await?;
-            return self.refuse(&hold, rejection, now).await;
-        }
-        queries::end_hold(&txn, &mut hold, HoldStatus::Confirmed, now).await?;
-        let order = queries::insert_order(&txn, &hold, &request, now).await?;
-        let mut stock = Vec::with_capacity(hold.items.len());
-        for item in &hold.items {
-            stock.push(queries::sell_held(&txn, item.ticket_type_id, item.quantity as i32).await?);
-        }
-        txn.commit().await?;
-        self.publish(&hold, stock);
-        tracing::info!(hold_id = %hold.id, order_id = %order.id, "hold confirmed");
+        // The batch published the new stock once, after its commit.
+        self.bus.publish_hold(hold);
+        tracing::info!(hold_id = %order.hold_id, order_id = %order.id, "hold confirmed");
         Ok(Ok(order))
     }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use entity::{event, hold, hold_item, order, order_item, ticket_type};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LockType, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
@@ -405,6 +405,27 @@ pub async fn insert_hold(txn: &DatabaseTransaction, hold: &Hold) -> StoreResult<
     Ok(())
 }
 
+/// Reads and locks holds, in ascending id order (the lock order; `SELECT ... FOR UPDATE` on
+/// PostgreSQL, SQLite has one writer at a time and needs no row lock), with their items. Ids
+/// of no hold are left out.
+pub async fn lock_holds(txn: &DatabaseTransaction, ids: &[HoldId]) -> StoreResult<Vec<Hold>> {
+    let models = hold::Entity::find()
+        .filter(hold::Column::Id.is_in(ids.iter().map(|id| id.0)))
+        .order_by_asc(hold::Column::Id)
+        .lock(LockType::Update)
+        .all(txn)
+        .await?;
+    let ids: Vec<Uuid> = models.iter().map(|model| model.id).collect();
+    let mut items = hold_items(txn, &ids).await?;
+    models
+        .into_iter()
+        .map(|model| {
+            let items = items.remove(&model.id).unwrap_or_default();
+            convert::hold_of(model, items)
+        })
+        .collect()
+}
+
 /// Ends an active hold that the transaction has locked and checked.
 pub async fn end_hold(
     txn: &DatabaseTransaction,
@@ -412,22 +433,34 @@ pub async fn end_hold(
     status: HoldStatus,
     now: Millis,
 ) -> StoreResult<()> {
+    end_holds(txn, &[hold.id], status, now).await?;
+    hold.status = status;
+    hold.ended_at = Some(now);
+    Ok(())
+}
+
+/// Ends active holds that the transaction has locked and checked (not due at `now`), in one
+/// statement.
+pub async fn end_holds(
+    txn: &DatabaseTransaction,
+    ids: &[HoldId],
+    status: HoldStatus,
+    now: Millis,
+) -> StoreResult<()> {
     let updated = hold::Entity::update_many()
         .col_expr(hold::Column::Status, Expr::value(status.as_str()))
         .col_expr(hold::Column::EndedAt, Expr::value(now.0))
-        .filter(hold::Column::Id.eq(hold.id.0))
+        .filter(hold::Column::Id.is_in(ids.iter().map(|id| id.0)))
         .filter(hold::Column::Status.eq(HoldStatus::Active.as_str()))
         .filter(hold::Column::ExpiresAt.gt(now.0))
         .exec(txn)
         .await?;
-    if updated.rows_affected != 1 {
+    if updated.rows_affected != ids.len() as u64 {
         return Err(StoreError::Invariant(format!(
-            "hold {} changed while locked",
-            hold.id
+            "{} of holds {ids:?} changed while locked",
+            ids.len() as u64 - updated.rows_affected
         )));
     }
-    hold.status = status;
-    hold.ended_at = Some(now);
     Ok(())
 }
 
@@ -440,49 +473,77 @@ pub async fn insert_order(
     request: &CheckoutRequest,
     now: Millis,
 ) -> StoreResult<Order> {
-    let types = ticket_types(txn, hold.items.iter().map(|item| &item.ticket_type_id)).await?;
+    let mut orders = insert_orders(txn, &[(hold, request)], now).await?;
+    orders
+        .pop()
+        .ok_or_else(|| StoreError::Invariant(format!("no order written for hold {}", hold.id)))
+}
+
+/// `insert_order` for several holds, in three statements: the orders, in the order given.
+pub async fn insert_orders(
+    txn: &DatabaseTransaction,
+    confirmed: &[(&Hold, &CheckoutRequest)],
+    now: Millis,
+) -> StoreResult<Vec<Order>> {
+    let items = confirmed.iter().flat_map(|(hold, _)| &hold.items);
+    let types = ticket_types(txn, items.map(|item| &item.ticket_type_id)).await?;
     let price = |id: TicketTypeId| types.get(&id).map(|m| m.price_cents).unwrap_or_default();
-    let items: Vec<crate::domain::OrderItem> = hold
-        .items
+    let orders: Vec<Order> = confirmed
         .iter()
-        .map(|item| crate::domain::OrderItem {
-            ticket_type_id: item.ticket_type_id,
-            quantity: item.quantity,
-            unit_price_cents: price(item.ticket_type_id),
+        .map(|(hold, request)| {
+            let items: Vec<crate::domain::OrderItem> = hold
+                .items
+                .iter()
+                .map(|item| crate::domain::OrderItem {
+                    ticket_type_id: item.ticket_type_id,
+                    quantity: item.quantity,
+                    unit_price_cents: price(item.ticket_type_id),
+                })
+                .collect();
+            Order {
+                id: OrderId::random(),
+                hold_id: hold.id,
+                customer_id: hold.customer_id.clone(),
+                payment_reference: request.payment_reference.clone(),
+                total_cents: items
+                    .iter()
+                    .map(|i| i64::from(i.quantity) * i.unit_price_cents)
+                    .sum(),
+                items,
+                created_at: now,
+            }
         })
         .collect();
-    let order = Order {
-        id: OrderId::random(),
-        hold_id: hold.id,
-        customer_id: hold.customer_id.clone(),
-        payment_reference: request.payment_reference.clone(),
-        total_cents: items
-            .iter()
-            .map(|i| i64::from(i.quantity) * i.unit_price_cents)
-            .sum(),
-        items,
-        created_at: now,
-    };
-    order::Entity::insert(order::ActiveModel {
-        id: Set(order.id.0),
-        hold_id: Set(order.hold_id.0),
-        customer_id: Set(order.customer_id.as_str().to_owned()),
-        payment_reference: Set(order.payment_reference.clone()),
-        idempotency_key: Set(request.idempotency_key.clone()),
-        total_cents: Set(order.total_cents),
-        created_at: Set(now.0),
-    })
-    .exec_without_returning(txn)
-    .await?;
-    order_item::Entity::insert_many(order.items.iter().map(|item| order_item::ActiveModel {
-        order_id: Set(order.id.0),
-        ticket_type_id: Set(item.ticket_type_id.0),
-        quantity: Set(item.quantity as i32),
-        unit_price_cents: Set(item.unit_price_cents),
+    if orders.is_empty() {
+        return Ok(orders);
+    }
+    order::Entity::insert_many(orders.iter().zip(confirmed).map(|(order, (_, request))| {
+        order::ActiveModel {
+            id: Set(order.id.0),
+            hold_id: Set(order.hold_id.0),
+            customer_id: Set(order.customer_id.as_str().to_owned()),
+            payment_reference: Set(order.payment_reference.clone()),
+            idempotency_key: Set(request.idempotency_key.clone()),
+            total_cents: Set(order.total_cents),
+            created_at: Set(now.0),
+        }
     }))
     .exec_without_returning(txn)
     .await?;
-    Ok(order)
+    let items = orders.iter().flat_map(|order| {
+        order.items.iter().map(|item| order_item::ActiveModel {
+            order_id: Set(order.id.0),
+            ticket_type_id: Set(item.ticket_type_id.0),
+            quantity: Set(item.quantity as i32),
+            unit_price_cents: Set(item.unit_price_cents),
+        })
+    });
+    if orders.iter().any(|order| !order.items.is_empty()) {
+        order_item::Entity::insert_many(items)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(orders)
 }
 
 /// The hold row a customer made with an idempotency key, if any.

@@ -1,0 +1,277 @@
+//! Group commit of checkouts and releases. When a sale ends, its buyers pay (or give up) at
+//! once, and each of them changes the same hot ticket type row: one transaction each would lock
+//! that row from its change to its commit (a disk flush) while the others queue for it.
+//! Concurrent checkouts and releases queue here instead; one task takes every one waiting and
+//! ends in one transaction the holds that are active: it locks them (ascending id), ends them,
+//! writes the orders of the checkouts, changes each ticket type's counters once (ascending id)
+//! and commits once, answering each after the commit.
+//!
+//! Everything else (a hold not found, no longer active or due, one asked for twice in a batch)
+//! is left to the caller, which runs it alone, after the batch: a retry of a confirmed hold
+//! then finds its order, a due hold is expired on the way. A batch that fails before its commit
+//! leaves every request to the caller; one whose commit fails answers UNAVAILABLE, since it may
+//! have committed.
+
+use std::collections::{BTreeMap, HashSet};
+
+use entity::ticket_type;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+
+use super::convert::availability_of;
+use super::queries;
+use crate::domain::{CheckoutRequest, Hold, HoldId, HoldStatus, Millis, Order, TicketTypeId};
+use crate::events::Bus;
+use crate::store::{StoreError, StoreResult};
+
+/// Requests in one transaction at most (an order has a few statement parameters per item).
+const BATCH_MAX: usize = 128;
+
+/// How a request would end its hold.
+enum Ending {
+    Checkout(CheckoutRequest),
+    Release,
+}
+
+/// A hold a batch ended: as it ended, and the order of a checkout.
+struct Ended {
+    hold: Hold,
+    order: Option<Order>,
+}
+
+struct Job {
+    hold_id: HoldId,
+    ending: Ending,
+    now: Millis,
+    /// `None`: not ended by the batch; the caller runs the request alone.
+    reply: oneshot::Sender<StoreResult<Option<Ended>>>,
+}
+
+/// The queue of checkouts and releases; its task runs until the queue is dropped.
+pub struct Endings {
+    sender: mpsc::Sender<Job>,
+}
+
+impl Endings {
+    /// Starts the task on the current runtime, over `db`; the new stock of the ticket types a
+    /// batch changed is published on `bus` once per batch, after its commit.
+    pub fn start(db: DatabaseConnection, bus: Bus) -> Endings {
+        let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);
+        tokio::spawn(run(db, bus, receiver));
+        Endings { sender }
+    }
+
+    /// Confirms the hold of `request` with whatever else is queued, if it is active at `now`:
+    /// its order and the hold as it ended; `None` when the batch left it to the caller.
+    pub async fn checkout(
+        &self,
+        request: CheckoutRequest,
+        now: Millis,
+    ) -> StoreResult<Option<(Order, Hold)>> {
+        let hold_id = request.hold_id;
+        let ended = self.end(hold_id, Ending::Checkout(request), now).await?;
+        ended
+            .map(|Ended { hold, order }| match order {
+                Some(order) => Ok((order, hold)),
+                None => Err(StoreError::Invariant(format!(
+                    "hold {hold_id} has no order"
+                ))),
+            })
+            .transpose()
+    }
+
+    /// Releases the hold `id` with whatever else is queued, if it is active at `now`: the hold
+    /// as it ended; `None` when the batch left it to the caller.
+    pub async fn release(&self, id: HoldId, now: Millis) -> StoreResult<Option<Hold>> {
+        let ended = self.end(id, Ending::Release, now).await?;
+        Ok(ended.map(|ended| ended.hold))
+    }
+
+    async fn end(
+        &self,
+        hold_id: HoldId,
+        ending: Ending,
+        now: Millis,
+    ) -> StoreResult<Option<Ended>> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the checkout and release writer stopped".into());
+        let job = Job {
+            hold_id,
+            ending,
+            now,
+            reply,
+        };
+        self.sender.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>) {
+    while let Some(jobs) = crate::store::next_batch(&mut receiver, BATCH_MAX).await {
+        match together(&db, &jobs).await {
+            Ok(decided) => {
+                for model in decided.stock {
+                    bus.publish_availability(availability_of(&model, 0));
+                }
+                for (job, ended) in jobs.into_iter().zip(decided.ended) {
+                    job.reply.send(Ok(ended)).ok();
+                }
+            }
+            // Nothing was committed: each request runs alone.
+            Err(Failed::BeforeCommit(error)) => {
+                tracing::warn!(error = %crate::error_chain(&error), jobs = jobs.len(), "a batch of checkouts and releases failed; running them one by one");
+                for job in jobs {
+                    job.reply.send(Ok(None)).ok();
+                }
+            }
+            // The commit may or may not have happened: running the requests again could end a
+            // hold twice, so they fail.
+            Err(Failed::AtCommit(error)) => {
+                tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "committing a batch of checkouts and releases failed");
+                let message = "the outcome is unknown; ask again";
+                for job in jobs {
+                    let failure = StoreError::Unavailable(message.into());
+                    job.reply.send(Err(failure)).ok();
+                }
+            }
+        }
+    }
+}
+
+/// How a batch failed.
+enum Failed {
+    BeforeCommit(StoreError),
+    AtCommit(StoreError),
+}
+
+/// What a batch's transaction decided.
+struct Decided {
+    /// Per job, in order.
+    ended: Vec<Option<Ended>>,
+    /// The new stock of the ticket types changed.
+    stock: Vec<ticket_type::Model>,
+}
+
+/// Every job in one transaction, committed, or rolled back as a whole.
+async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Decided, Failed> {
+    let txn = db
+        .begin()
+        .await
+        .map_err(|e| Failed::BeforeCommit(e.into()))?;
+    match end_all(&txn, jobs).await {
+        Ok(decided) => match txn.commit().await {
+            Ok(()) => Ok(decided),
+            Err(error) => Err(Failed::AtCommit(error.into())),
+        },
+        Err(error) => {
+            txn.rollback().await.ok();
+            Err(Failed::BeforeCommit(error))
+        }
+    }
+}
+
+/// Ends, inside `txn`, the holds of the jobs that are active at the batch's instant and asked
+/// for once in the batch (not committed).
+async fn end_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Decided> {
+    // The batch's instant: a hold due by then is left to a request of its own.
+    let now = jobs.iter().map(|job| job.now).max().unwrap_or_default();
+    let ids: Vec<HoldId> = jobs.iter().map(|job| job.hold_id).collect();
+    let mut holds: BTreeMap<HoldId, Hold> = queries::lock_holds(txn, &ids)
+        .await?
+        .into_iter()
+        .map(|hold| (hold.id, hold))
+        .collect();
+    let mut seen = HashSet::new();
+    let chosen: Vec<Option<Hold>> = jobs
+        .iter()
+        .map(|job| {
+            let first = seen.insert(job.hold_id);
+            let active = holds
+                .get(&job.hold_id)
+                .is_some_and(|hold| hold.check_active(now).is_ok());
+            if first && active {
+                holds.remove(&job.hold_id)
+            } else {
+                None
+            }
+        })
+        .collect();
+
+    let mut confirming: Vec<(&Hold, &CheckoutRequest)> = Vec::new();
+    let mut releasing: Vec<&Hold> = Vec::new();
+    for (hold, job) in chosen.iter().zip(jobs) {
+        match (hold, &job.ending) {
+            (Some(hold), Ending::Checkout(request)) => confirming.push((hold, request)),
+            (Some(hold), Ending::Release) => releasing.push(hold),
+            (None, _) => {}
+        }
+    }
+    let confirmed: Vec<HoldId> = confirming.iter().map(|(hold, _)| hold.id).collect();
+    let released: Vec<HoldId> = releasing.iter().map(|hold| hold.id).collect();
+    for (ids, status) in [
+        (confirmed, HoldStatus::Confirmed),
+        (released, HoldStatus::Released),
+    ] {
+        if !ids.is_empty() {
+            queries::end_holds(txn, &ids, status, now).await?;
+        }
+    }
+    let mut orders = queries::insert_orders(txn, &confirming, now)
+        .await?
+        .into_iter();
+    let stock = change_counters(txn, &confirming, &releasing).await?;
+
+    let ended = chosen
+        .into_iter()
+        .zip(jobs)
+        .map(|(hold, job)| {
+            let mut hold = hold?;
+            let order = match job.ending {
+                Ending::Checkout(_) => {
+                    hold.status = HoldStatus::Confirmed;
+                    orders.next()
+                }
+                Ending::Release => {
+                    hold.status = HoldStatus::Released;
+                    None
+                }
+            };
+            hold.ended_at = Some(now);
+            Some(Ended { hold, order })
+        })
+        .collect();
+    Ok(Decided { ended, stock })
+}
+
+/// Sells the tickets of the holds confirmed and gives back those of the holds released, each
+/// ticket type once (ascending id, the lock order); the new stock of each.
+async fn change_counters(
+    txn: &DatabaseTransaction,
+    confirming: &[(&Hold, &CheckoutRequest)],
+    releasing: &[&Hold],
+) -> StoreResult<Vec<ticket_type::Model>> {
+    // Per ticket type: tickets sold, tickets given back.
+    let mut changes: BTreeMap<TicketTypeId, (i32, i32)> = BTreeMap::new();
+    for (hold, _) in confirming {
+        for item in &hold.items {
+            changes.entry(item.ticket_type_id).or_default().0 += item.quantity as i32;
+        }
+    }
+    for hold in releasing {
+        for item in &hold.items {
+            changes.entry(item.ticket_type_id).or_default().1 += item.quantity as i32;
+        }
+    }
+    let mut stock = Vec::with_capacity(changes.len());
+    for (id, (sold, returned)) in changes {
+        let mut model = None;
+        if sold > 0 {
+            model = Some(queries::sell_held(txn, id, sold).await?);
+        }
+        if returned > 0 {
+            model = Some(queries::return_held(txn, id, returned).await?);
+        }
+        stock.extend(model);
+    }
+    Ok(stock)
+}
