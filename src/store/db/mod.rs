@@ -169,8 +169,9 @@ impl DbStore {
         Ok((Ok(hold), false))
     }
 
-    /// A release in a transaction of its own: what a batch leaves to its caller (a hold not
-    /// found, not active or due, one asked for twice in a batch).
+    /// A release in a transaction of its own: what a batch of endings leaves to its caller (a
+    /// hold not found, not active or due, one asked for twice in a batch, every request of a
+    /// batch that failed before its commit).
     async fn release_alone(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
         let txn = self.db.begin().await?;
         let Some(mut hold) = self.lock_hold(&txn, id).await? else {
@@ -192,8 +193,9 @@ impl DbStore {
         Ok(Ok(hold))
     }
 
-    /// A checkout in a transaction of its own: what a batch leaves to its caller (a hold not
-    /// found, not active or due, a retry).
+    /// A checkout in a transaction of its own: what a batch of endings leaves to its caller (a
+    /// hold not found, not active or due, a retry, one asked for twice in a batch, every
+    /// request of a batch that failed before its commit).
     async fn checkout_alone(
         &self,
         request: CheckoutRequest,
@@ -435,18 +437,16 @@ impl HoldStore for DbStore {
         let Some(hold) = self.endings.release(id, now).await? else {
             return self.release_alone(id, now).await;
         };
-        // The batch published the new stock once, after its commit.
-        self.bus.publish_hold(hold.clone());
+        // The batch published the hold and the new stock, after its commit.
         tracing::info!(hold_id = %id, "hold released");
         Ok(Ok(hold))
     }
 
     async fn checkout(&self, request: CheckoutRequest, now: Millis) -> StoreResult<Outcome<Order>> {
-        let Some((order, hold)) = self.endings.checkout(request.clone(), now).await? else {
+        let Some(order) = self.endings.checkout(request.clone(), now).await? else {
             return self.checkout_alone(request, now).await;
         };
-        // The batch published the new stock once, after its commit.
-        self.bus.publish_hold(hold);
+        // The batch published the hold and the new stock, after its commit.
         tracing::info!(hold_id = %order.hold_id, order_id = %order.id, "hold confirmed");
         Ok(Ok(order))
     }
