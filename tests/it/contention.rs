@@ -408,7 +408,7 @@ async fn buyers_pay_and_give_up_at_once(db: TestDb) {
     // Even buyers hold one A and two B, odd buyers one A.
     let hold = |buyer: usize, ttl_secs: i64| {
         let customer = CustomerId::new(format!("buyer-{buyer}"), &limits).unwrap();
-        let items = if buyer % 2 == 0 {
+        let items = if buyer.is_multiple_of(2) {
             vec![(a, 1), (b, 2)]
         } else {
             vec![(a, 1)]
@@ -456,7 +456,7 @@ async fn buyers_pay_and_give_up_at_once(db: TestDb) {
     for (i, order) in orders[..100].iter().enumerate() {
         assert_eq!(order.hold_id, holds[i]);
         assert_eq!(order.created_at, instant(i), "the order of hold {i}");
-        let (mut items, total) = if i % 2 == 0 {
+        let (mut items, total) = if i.is_multiple_of(2) {
             (vec![(a, 1), (b, 2)], 2900)
         } else {
             (vec![(a, 1)], 1500)
