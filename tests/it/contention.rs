@@ -230,6 +230,19 @@ async fn refusals_after_a_sell_out_do_not_queue_for_the_hot_row_on_postgres() {
     assert_eq!(store.verify().await.unwrap(), vec![]);
 }
 
+/// The lines of PostgreSQL's `EXPLAIN ANALYZE` of `statement`, run on `conn`.
+async fn plan_of(conn: &impl ConnectionTrait, statement: Statement) -> Vec<String> {
+    conn.query_all_raw(Statement {
+        sql: format!("EXPLAIN (ANALYZE, COSTS OFF) {}", statement.sql),
+        ..statement
+    })
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
+    .collect()
+}
+
 /// A batch of holds asks which holds are overdue (for every batch of refusals once sold out)
 /// and, for a ticket type with a limit per customer, what its customers already have. On a
 /// PostgreSQL whose statistics were taken before the sale, the planner would start from the hot
@@ -272,16 +285,7 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
     let statements = |now| batch_statements(DbBackend::Postgres, &customers, Millis(now));
 
     for statement in statements(now) {
-        let plan: Vec<String> = conn
-            .query_all_raw(Statement {
-                sql: format!("EXPLAIN (ANALYZE, COSTS OFF) {}", statement.sql),
-                ..statement
-            })
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
-            .collect();
+        let plan = plan_of(&conn, statement).await;
         let reads_items_otherwise = plan.iter().any(|line| {
             line.contains(" on hold_items")
                 && !line.contains("never executed")
@@ -349,17 +353,7 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
         conn.execute_unprepared(&format!("SET plan_cache_mode = {plan_cache_mode}"))
             .await
             .unwrap();
-        let probe = keys_probe(&asked);
-        let plan: Vec<String> = conn
-            .query_all_raw(Statement {
-                sql: format!("EXPLAIN (ANALYZE, COSTS OFF) {}", probe.sql),
-                ..probe
-            })
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
-            .collect();
+        let plan = plan_of(&conn, keys_probe(&asked)).await;
         let reads_holds_otherwise = plan.iter().any(|line| {
             line.contains(" on holds") && !line.contains("using uq_holds_customer_idempotency_key")
         });
