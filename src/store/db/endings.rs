@@ -55,8 +55,8 @@ pub struct Endings {
 }
 
 impl Endings {
-    /// Starts the task on the current runtime, over `db`; the new stock of the ticket types a
-    /// batch changed is published on `bus` once per batch, after its commit.
+    /// Starts the task on the current runtime, over `db`; the holds a batch ended and the new
+    /// stock of the ticket types it changed are published on `bus` after its commit.
     pub fn start(db: DatabaseConnection, bus: Bus) -> Endings {
         let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);
         tokio::spawn(run(db, bus, receiver));
