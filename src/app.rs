@@ -40,7 +40,8 @@ pub struct Config {
     pub database_url: String,
 
     /// Connections in the PostgreSQL pool, opened at start and kept (SQLite always uses one).
-    /// The database flow's hold writer keeps 3 more of its own.
+    /// The database flow's hold writer keeps 3 more of its own, its checkout and release writer
+    /// 1 more.
     #[arg(
         long,
         env = "TICKETHOLD_DATABASE_CONNECTIONS_MAX",

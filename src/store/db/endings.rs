@@ -63,6 +63,15 @@ impl Endings {
         Endings { sender }
     }
 
+    /// Starts the task on a thread of its own, with a runtime and a connection (to the
+    /// database server at `url`) of its own, as the hold writer's (see `batch`).
+    pub async fn start_on_own_thread(url: &str, bus: Bus) -> Result<Endings, sea_orm::DbErr> {
+        let (sender, receiver) = mpsc::channel(BATCH_MAX * 16);
+        let task = move |db| run(db, bus, receiver);
+        super::connect::run_on_own_thread("endings-writer", url, 1, task).await?;
+        Ok(Endings { sender })
+    }
+
     /// Confirms the hold of `request` with whatever else is queued, if it is active at `now`:
     /// its order; `None` when the batch left it to the caller.
     pub async fn checkout(

@@ -61,12 +61,13 @@ impl DbStore {
     /// they commit; new expiries are scheduled on `wakeup`.
     pub fn new(db: DatabaseConnection, bus: Bus, wakeup: Arc<Wakeup>, limits: Limits) -> DbStore {
         let holds = batch::Batcher::start(db.clone(), bus.clone());
-        DbStore::with_writer(db, bus, wakeup, limits, holds)
+        let endings = endings::Endings::start(db.clone(), bus.clone());
+        DbStore::with_writers(db, bus, wakeup, limits, holds, endings)
     }
 
     /// A store over the database at `url`, connected (`connections` to PostgreSQL, one to
     /// SQLite) and migrated. On PostgreSQL the holds are written by a thread of their own,
-    /// with 3 more connections of its own.
+    /// with 3 more connections of its own, and checkouts and releases by another, with 1 more.
     pub async fn open(
         url: &str,
         connections: u32,
@@ -79,18 +80,20 @@ impl DbStore {
             return Ok(DbStore::new(db, bus, wakeup, limits));
         }
         let holds = batch::Batcher::start_on_own_thread(url, bus.clone()).await?;
-        Ok(DbStore::with_writer(db, bus, wakeup, limits, holds))
+        let endings = endings::Endings::start_on_own_thread(url, bus.clone()).await?;
+        Ok(DbStore::with_writers(db, bus, wakeup, limits, holds, endings))
     }
 
-    fn with_writer(
+    fn with_writers(
         db: DatabaseConnection,
         bus: Bus,
         wakeup: Arc<Wakeup>,
         limits: Limits,
         holds: batch::Batcher,
+        endings: endings::Endings,
     ) -> DbStore {
         DbStore {
-            endings: endings::Endings::start(db.clone(), bus.clone()),
+            endings,
             db,
             bus,
             wakeup,
