@@ -81,7 +81,9 @@ impl DbStore {
         }
         let holds = batch::Batcher::start_on_own_thread(url, bus.clone()).await?;
         let endings = endings::Endings::start_on_own_thread(url, bus.clone()).await?;
-        Ok(DbStore::with_writers(db, bus, wakeup, limits, holds, endings))
+        Ok(DbStore::with_writers(
+            db, bus, wakeup, limits, holds, endings,
+        ))
     }
 
     fn with_writers(
@@ -107,9 +109,24 @@ impl DbStore {
         &self.db
     }
 
-    /// Reads and locks one hold (see `queries::lock_holds`).
-    async fn lock_hold(&self, txn: &DatabaseTransaction, id: HoldId) -> StoreResult<Option<Hold>> {
-        Ok(queries::lock_holds(txn, &[id]).await?.pop())
+    /// Begins a transaction and reads and locks the hold `id` in it (see `queries::lock_holds`)
+    /// if it is active at `now`; otherwise, rolled back, why not (a due hold is expired on the
+    /// way, see `refuse`).
+    async fn lock_active(
+        &self,
+        id: HoldId,
+        now: Millis,
+    ) -> StoreResult<Outcome<(DatabaseTransaction, Hold)>> {
+        let txn = self.db.begin().await?;
+        let Some(hold) = queries::lock_holds(&txn, &[id]).await?.pop() else {
+            txn.rollback().await?;
+            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        };
+        if let Err(rejection) = hold.check_active(now) {
+            txn.rollback().await?;
+            return self.refuse(&hold, rejection, now).await;
+        }
+        Ok(Ok((txn, hold)))
     }
 
     /// Publishes a committed hold change and the new stock of the ticket types it touched.
@@ -176,14 +193,10 @@ impl DbStore {
     /// hold not found, not active or due, one asked for twice in a batch, every request of a
     /// batch that failed before its commit).
     async fn release_alone(&self, id: HoldId, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let txn = self.db.begin().await?;
-        let Some(mut hold) = self.lock_hold(&txn, id).await? else {
-            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        let (txn, mut hold) = match self.lock_active(id, now).await? {
+            Ok(locked) => locked,
+            Err(rejection) => return Ok(Err(rejection)),
         };
-        if let Err(rejection) = hold.check_active(now) {
-            txn.rollback().await?;
-            return self.refuse(&hold, rejection, now).await;
-        }
         queries::end_hold(&txn, &mut hold, HoldStatus::Released, now).await?;
         let mut stock = Vec::with_capacity(hold.items.len());
         for item in &hold.items {
@@ -204,24 +217,20 @@ impl DbStore {
         request: CheckoutRequest,
         now: Millis,
     ) -> StoreResult<Outcome<Order>> {
-        let txn = self.db.begin().await?;
-        let Some(mut hold) = self.lock_hold(&txn, request.hold_id).await? else {
-            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        let id = request.hold_id;
+        let (txn, mut hold) = match self.lock_active(id, now).await? {
+            Ok(locked) => locked,
+            // A retry of a checkout that was made: its order.
+            Err(Rejection::HoldNotActive {
+                status: HoldStatus::Confirmed,
+            }) => {
+                return match self.order_of_hold(id).await? {
+                    Some(order) => Ok(Ok(order)),
+                    None => Err(StoreError::Invariant(format!("hold {id} has no order"))),
+                };
+            }
+            Err(rejection) => return Ok(Err(rejection)),
         };
-        if hold.status == HoldStatus::Confirmed {
-            txn.rollback().await?;
-            return match self.order_of_hold(hold.id).await? {
-                Some(order) => Ok(Ok(order)),
-                None => Err(StoreError::Invariant(format!(
-                    "hold {} has no order",
-                    hold.id
-                ))),
-            };
-        }
-        if let Err(rejection) = hold.check_active(now) {
-            txn.rollback().await?;
-            return self.refuse(&hold, rejection, now).await;
-        }
         queries::end_hold(&txn, &mut hold, HoldStatus::Confirmed, now).await?;
         let order = queries::insert_order(&txn, &hold, &request, now).await?;
         let mut stock = Vec::with_capacity(hold.items.len());
@@ -408,14 +417,10 @@ impl HoldStore for DbStore {
     }
 
     async fn extend(&self, id: HoldId, ttl: TtlSeconds, now: Millis) -> StoreResult<Outcome<Hold>> {
-        let txn = self.db.begin().await?;
-        let Some(mut hold) = self.lock_hold(&txn, id).await? else {
-            return Ok(Err(Rejection::NotFound { what: "hold" }));
+        let (txn, mut hold) = match self.lock_active(id, now).await? {
+            Ok(locked) => locked,
+            Err(rejection) => return Ok(Err(rejection)),
         };
-        if let Err(rejection) = hold.check_active(now) {
-            txn.rollback().await?;
-            return self.refuse(&hold, rejection, now).await;
-        }
         hold.expires_at = hold.extended_expiry(now, ttl, &self.limits);
         let updated = hold::Entity::update_many()
             .col_expr(hold::Column::ExpiresAt, Expr::value(hold.expires_at.0))
