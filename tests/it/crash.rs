@@ -3,7 +3,8 @@
 //! still have every acknowledged hold with its `expiresAt`, and the holds that lapsed while it
 //! was down must be EXPIRED exactly once, their stock back on sale (`tickethold verify` finds
 //! no drift). Run on SQLite and on PostgreSQL. A second story checks that SIGTERM stops the
-//! server gracefully (exit status 0) and loses nothing.
+//! server gracefully (exit status 0) and loses nothing; a third, that PostgreSQL dropping every
+//! connection of the service fails no request.
 
 use std::path::Path;
 
