@@ -41,7 +41,7 @@ pub struct Config {
 
     /// Connections in the PostgreSQL pool, opened at start and kept (SQLite always uses one).
     /// The database flow's hold writer keeps 3 more of its own, its checkout and release writer
-    /// 1 more.
+    /// 1 more; the Redis flow's idempotency key look-up 1 more.
     #[arg(
         long,
         env = "TICKETHOLD_DATABASE_CONNECTIONS_MAX",

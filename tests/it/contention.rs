@@ -1,6 +1,7 @@
 //! Contention: a flash sale in miniature. 500 buyers ask for 1 ticket each, all at once, of a
 //! ticket type with 100: exactly 100 holds, 400 `SOLD_OUT`, and the counters still add up.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +9,14 @@ use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use tickethold::domain::{
     CheckoutRequest, CustomerId, HoldId, HoldRequest, HoldStatus, Limits, Millis, NewTicketType,
-    Rejection,
+    Rejection, TicketTypeId,
 };
 use tickethold::events::{Change, Topic};
 use tickethold::store::HoldStore;
-use tickethold::store::db::{batch_statements, connect, hold_ids_by_idempotency_keys, keys_probe};
+use tickethold::store::db::{
+    Kept, batch_statements, committed, connect, hold_ids_by_idempotency_keys,
+    hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
+};
 
 use crate::support::db::redis_url;
 use crate::support::{RedisCluster, RedisNamespace, TestDb, TestServer, error_code};
@@ -315,23 +319,44 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
 /// Every sift of a sold-out sale, and every keyed hold of the Redis flow, asks which of its
 /// (customer, idempotency key) pairs made a hold already. On PostgreSQL each pair is one probe
 /// of the unique index, also on a holds table that the planner's statistics have not seen (a
-/// sale on a fresh database), and only exact pairs are found.
+/// sale on a fresh database), and only exact pairs are found: by the probe alone (the Redis
+/// flow's, on a pooled or a kept connection) and by the sift's one statement, which also reads
+/// the ticket types and whether any hold is overdue (and then, only then, how many tickets).
 #[tokio::test]
 async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
     let db = TestDb::postgres().await;
     let conn = connect(db.url(), 1).await.unwrap();
     conn.execute_unprepared(
         "INSERT INTO events VALUES (gen_random_uuid(), 'sale', 0);
+         INSERT INTO ticket_types (id, event_id, name, price_cents, capacity, created_at)
+         SELECT gen_random_uuid(), id, 'A', 0, 100000, 0 FROM events;
          INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
              idempotency_key)
-         SELECT gen_random_uuid(), e.id, 'buyer-' || i, 'ACTIVE', 0, 1, 'cart-' || i
+         SELECT gen_random_uuid(), e.id, 'buyer-' || i, 'ACTIVE', 0, 1000, 'cart-' || i
          FROM events e, generate_series(1, 5000) i;
          INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
              idempotency_key)
-         SELECT gen_random_uuid(), id, 'buyer-1', 'ACTIVE', 0, 1, 'cart-x' FROM events;",
+         SELECT gen_random_uuid(), id, 'buyer-1', 'ACTIVE', 0, 1000, 'cart-x' FROM events;
+         INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
+         SELECT holds.id, ticket_types.id, 2 FROM holds, ticket_types
+         WHERE holds.customer_id IN ('buyer-1', 'buyer-2');",
     )
     .await
     .unwrap();
+    let ticket_type = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT id FROM ticket_types",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<uuid::Uuid>("", "id")
+        .unwrap();
+    let ticket_types = [
+        TicketTypeId(ticket_type),
+        TicketTypeId(uuid::Uuid::new_v4()),
+    ];
     // A batch's worth: six pairs that tell exact pairs from sets, and new keys.
     let new_keys: Vec<(String, String)> = (10..68)
         .map(|i| (format!("buyer-{i}"), format!("cart-new-{i}")))
@@ -353,33 +378,60 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
         conn.execute_unprepared(&format!("SET plan_cache_mode = {plan_cache_mode}"))
             .await
             .unwrap();
-        let plan = plan_of(&conn, keys_probe(&asked)).await;
-        let reads_holds_otherwise = plan.iter().any(|line| {
-            line.contains(" on holds") && !line.contains("using uq_holds_customer_idempotency_key")
-        });
-        assert!(
-            !reads_holds_otherwise,
-            "{plan_cache_mode}:\n{}",
-            plan.join("\n")
-        );
+        for statement in [
+            keys_probe(&asked),
+            sift_read(&ticket_types, &asked, Millis(500)),
+        ] {
+            let plan = plan_of(&conn, statement).await;
+            let reads_otherwise = plan.iter().any(|line| {
+                (line.contains(" on holds")
+                    && !line.contains("using uq_holds_customer_idempotency_key")
+                    && !line.contains("using idx_holds_status_expires_at"))
+                    || line.contains("Seq Scan on ticket_types")
+            });
+            assert!(!reads_otherwise, "{plan_cache_mode}:\n{}", plan.join("\n"));
+        }
     }
 
+    let exact_pairs = |found: &HashMap<(String, String), uuid::Uuid>| {
+        let mut pairs: Vec<(String, String)> = found.keys().cloned().collect();
+        pairs.sort();
+        let ids: HashSet<_> = found.values().collect();
+        assert_eq!(ids.len(), pairs.len());
+        pairs
+    };
+    let expected: Vec<(String, String)> = [
+        ("buyer-1", "cart-1"),
+        ("buyer-1", "cart-x"),
+        ("buyer-3", "cart-3"),
+    ]
+    .map(|(customer, key)| (customer.to_owned(), key.to_owned()))
+    .to_vec();
     let found = hold_ids_by_idempotency_keys(&conn, &asked).await.unwrap();
-    let mut pairs: Vec<(&str, &str)> = found
-        .keys()
-        .map(|(customer, key)| (customer.as_str(), key.as_str()))
-        .collect();
-    pairs.sort();
-    assert_eq!(
-        pairs,
-        [
-            ("buyer-1", "cart-1"),
-            ("buyer-1", "cart-x"),
-            ("buyer-3", "cart-3")
-        ]
-    );
-    let ids: std::collections::HashSet<_> = found.values().collect();
-    assert_eq!(ids.len(), 3);
+    assert_eq!(exact_pairs(&found), expected);
+    let mut kept = Kept::of(&conn).unwrap();
+    for _ in 0..2 {
+        let on_kept = hold_ids_by_idempotency_keys_on(&mut kept, &asked).await;
+        assert_eq!(on_kept.unwrap(), found);
+    }
+    // Nothing overdue before the holds expire at 1000; after, buyer-1's two holds and
+    // buyer-2's one, two tickets each.
+    for (now, overdue) in [(500, None), (1000, Some(6))] {
+        let read = committed(&conn, Some(&mut kept), &ticket_types, &asked, Millis(now));
+        let read = read.await.unwrap();
+        assert_eq!(read.made, found);
+        assert_eq!(
+            read.types.keys().copied().collect::<Vec<_>>(),
+            [TicketTypeId(ticket_type)]
+        );
+        assert_eq!(
+            read.overdue.get(&TicketTypeId(ticket_type)).copied(),
+            overdue
+        );
+    }
+    let none_asked = committed(&conn, Some(&mut kept), &ticket_types[1..], &[], Millis(500));
+    let none_asked = none_asked.await.unwrap();
+    assert!(none_asked.types.is_empty() && none_asked.made.is_empty());
 }
 
 /// When a sale ends its buyers pay or give up at once: 100 checkouts and 100 releases of holds

@@ -1,11 +1,20 @@
 //! Connecting to the database and bringing its schema up to date.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
+use sea_orm::sqlx::query::Query;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::sqlx::{Connection, Postgres};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, QueryResult, RuntimeErr,
+};
+
+/// How long opening a connection, or waiting for one from a pool, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`) and runs the migrations.
 ///
@@ -30,9 +39,9 @@ pub(super) async fn pool(url: &str, max_connections: u32) -> Result<DatabaseConn
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(3))
+        .connect_timeout(CONNECT_TIMEOUT)
         // Bounded, so that an unreachable database is a quick UNAVAILABLE, not a hang.
-        .acquire_timeout(Duration::from_secs(3));
+        .acquire_timeout(CONNECT_TIMEOUT);
     if url.starts_with("sqlite:") {
         create_parent_dir(url)?;
         options
@@ -108,5 +117,62 @@ fn create_parent_dir(url: &str) -> Result<(), DbErr> {
         Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent)
             .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", parent.display()))),
         _ => Ok(()),
+    }
+}
+
+/// A PostgreSQL connection of a task's own, outside any pool, for the reads it makes all the
+/// time. SQLx pings a pooled connection (a round trip) before lending it and again when it
+/// comes back, so a statement run on a pool outside a transaction costs three round trips; on
+/// a kept connection it costs one. A read that fails on the kept connection closes it and runs
+/// once more on a new one: a connection lost under a busy task (PostgreSQL restarted, a
+/// failover) fails no read.
+pub struct Kept {
+    options: Arc<PgConnectOptions>,
+    connection: Option<PgConnection>,
+}
+
+impl Kept {
+    /// A connection to the server of `db`'s pool, opened at the first read; `None` on
+    /// SQLite, whose one connection is lent without a round trip to a server.
+    pub fn of(db: &DatabaseConnection) -> Option<Kept> {
+        (db.get_database_backend() == DbBackend::Postgres).then(|| Kept {
+            options: db.get_postgres_connection_pool().connect_options(),
+            connection: None,
+        })
+    }
+
+    /// The rows of the read that `query` makes (called again for the second attempt).
+    pub async fn fetch_all<'q>(
+        &mut self,
+        query: impl Fn() -> Query<'q, Postgres, PgArguments>,
+    ) -> Result<Vec<QueryResult>, DbErr> {
+        if let Some(connection) = &mut self.connection {
+            match query().fetch_all(&mut *connection).await {
+                Ok(rows) => return Ok(rows.into_iter().map(Into::into).collect()),
+                Err(error) => {
+                    tracing::info!(%error, "a read on a kept connection failed; once more on a new one");
+                    if let Some(connection) = self.connection.take() {
+                        connection.close_hard().await.ok();
+                    }
+                }
+            }
+        }
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            none => {
+                let connecting = PgConnection::connect_with(&self.options);
+                let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| DbErr::Custom("connecting to PostgreSQL timed out".into()))?;
+                none.insert(connected.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?)
+            }
+        };
+        match query().fetch_all(&mut *connection).await {
+            Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
+            Err(error) => {
+                self.connection = None;
+                Err(DbErr::Query(RuntimeErr::SqlxError(error.into())))
+            }
+        }
     }
 }

@@ -16,9 +16,12 @@ pub(crate) mod convert;
 mod endings;
 pub(crate) mod queries;
 
-pub use connect::connect;
+pub use connect::{Kept, connect};
 #[doc(hidden)]
-pub use queries::{batch_statements, hold_ids_by_idempotency_keys, keys_probe};
+pub use queries::{
+    Committed, batch_statements, committed, hold_ids_by_idempotency_keys,
+    hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,7 +70,8 @@ impl DbStore {
 
     /// A store over the database at `url`, connected (`connections` to PostgreSQL, one to
     /// SQLite) and migrated. On PostgreSQL the holds are written by a thread of their own,
-    /// with 3 more connections of its own, and checkouts and releases by another, with 1 more.
+    /// with 3 more connections of its own (2 pooled, 1 kept for its reads), and checkouts and
+    /// releases by another, with 1 more.
     pub async fn open(
         url: &str,
         connections: u32,
