@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use tickethold::domain::{
-    CheckoutRequest, CustomerId, HoldId, HoldRequest, HoldStatus, Limits, Millis, NewTicketType,
-    Rejection, TicketTypeId,
+    CheckoutRequest, CustomerId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
+    NewTicketType, Rejection, TicketTypeId,
 };
 use tickethold::events::{Change, Topic};
 use tickethold::store::HoldStore;
@@ -435,7 +435,8 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
 }
 
 /// When a sale ends its buyers pay or give up at once: 100 checkouts and 100 releases of holds
-/// of two ticket types, all at once, with a second checkout of ten of the holds, a second
+/// of two ticket types (made at once, in batches, every third with an idempotency key, and each
+/// read back as it was asked), all at once, with a second checkout of ten of the holds, a second
 /// release of five, a checkout and a release of one hold, a checkout of a hold that is due and
 /// one of no hold. Each hold ends once, at its request's instant, and is announced; a second
 /// checkout gets the first's order; orders carry their items and totals; the counters add up;
@@ -451,7 +452,7 @@ async fn buyers_pay_and_give_up_at_once(db: TestDb) {
     };
     let a = ticket_type("A", 1500).await.unwrap().unwrap().id;
     let b = ticket_type("B", 700).await.unwrap().unwrap().id;
-    // Even buyers hold one A and two B, odd buyers one A.
+    // Even buyers hold one A and two B, odd buyers one A; every third has an idempotency key.
     let hold = |buyer: usize, ttl_secs: i64| {
         let customer = CustomerId::new(format!("buyer-{buyer}"), &limits).unwrap();
         let items = if buyer.is_multiple_of(2) {
@@ -459,15 +460,27 @@ async fn buyers_pay_and_give_up_at_once(db: TestDb) {
         } else {
             vec![(a, 1)]
         };
+        let key = buyer.is_multiple_of(3).then(|| format!("cart-{buyer}"));
         let request =
-            HoldRequest::new(event.id, customer, items, Some(ttl_secs), None, &limits).unwrap();
+            HoldRequest::new(event.id, customer, items, Some(ttl_secs), key, &limits).unwrap();
         store.hold(request, now)
     };
-    let holds: Vec<HoldId> = join_all((0..201).map(|i| hold(i, 600)))
+    let made: Vec<Hold> = join_all((0..201).map(|i| hold(i, 600)))
         .await
         .into_iter()
-        .map(|made| made.unwrap().unwrap().id)
+        .map(|made| made.unwrap().unwrap())
         .collect();
+    // Written as asked, in batches: the hold of each buyer with its key or none, its items.
+    for (buyer, hold) in made.iter().enumerate() {
+        let read = store.get_hold(hold.id, now).await.unwrap().unwrap();
+        let key = buyer.is_multiple_of(3).then(|| format!("cart-{buyer}"));
+        assert_eq!((&read.idempotency_key, &read.items), (&key, &hold.items));
+        assert_eq!(
+            (read.created_at, read.expires_at),
+            (now, Millis(now.0 + 600_000))
+        );
+    }
+    let holds: Vec<HoldId> = made.iter().map(|hold| hold.id).collect();
     let (holds, raced) = (&holds[..200], holds[200]);
     let due = hold(201, 1).await.unwrap().unwrap().id;
     let version = async |id| store.availability(id, now).await.unwrap().unwrap().version;

@@ -264,16 +264,7 @@ async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Deci
             _ => None,
         })
         .collect();
-    queries::insert_holds(txn, &holds).await?;
-    let mut stock = Vec::with_capacity(ledger.taken.len());
-    for (id, quantity) in &ledger.taken {
-        let model = queries::take_held(txn, *id, *quantity)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Invariant(format!("ticket type {id} changed under its lock"))
-            })?;
-        stock.push(model);
-    }
+    let stock = queries::hold_and_take(txn, &holds, &ledger.taken).await?;
     let available = ledger.available();
     let outcomes = decisions.iter().filter_map(|d| match d {
         Decision::Made(outcome) => Some(outcome),
