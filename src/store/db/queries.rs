@@ -856,6 +856,7 @@ pub fn sift_read(ids: &[TicketTypeId], pairs: &[(&str, &str)], now: Millis) -> S
     Statement::from_sql_and_values(DbBackend::Postgres, SIFT_READ, values)
 }
 
+/// The arrays that `SIFT_READ` binds: the ticket type ids, the customers and the keys.
 fn sift_read_arguments(
     ids: &[TicketTypeId],
     pairs: &[(&str, &str)],
