@@ -157,16 +157,13 @@ impl Kept {
                 }
             }
         }
-        let connection = match &mut self.connection {
-            Some(connection) => connection,
-            none => {
-                let connecting = PgConnection::connect_with(&self.options);
-                let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| DbErr::Custom("connecting to PostgreSQL timed out".into()))?;
-                none.insert(connected.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?)
-            }
-        };
+        let connecting = PgConnection::connect_with(&self.options);
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| DbErr::Custom("connecting to PostgreSQL timed out".into()))?;
+        let connection = self
+            .connection
+            .insert(connected.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?);
         match query().fetch_all(&mut *connection).await {
             Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
             Err(error) => {
