@@ -10,7 +10,10 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde_json::{Value, json};
+use tickethold::domain::{CustomerId, HoldRequest, Limits, Millis, NewTicketType, Rejection};
+use tickethold::store::HoldStore;
 
 use crate::support::process;
 use crate::support::{self, Process, TestDb};
@@ -219,13 +222,7 @@ async fn sleep_until(at: DateTime<Utc>) {
 /// fresh one. After the drop: a hold of a sold-out ticket type (the hold writer's sift of
 /// refusals, on its kept connection), a retry of a keyed hold (the same hold back), new keyed
 /// holds (the key look-up of the Redis flow, on its kept connection); every hold counted.
-async fn no_request_fails_when_postgres_drops_every_connection(
-    db: &TestDb,
-    store: &dyn tickethold::store::HoldStore,
-) {
-    use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
-    use tickethold::domain::{CustomerId, HoldRequest, Limits, Millis, NewTicketType, Rejection};
-
+async fn no_request_fails_when_postgres_drops_every_connection(db: &TestDb, store: &dyn HoldStore) {
     let limits = Limits::default();
     let now = Millis::now();
     let event = store.create_event("Failover".into(), now).await.unwrap();
@@ -295,9 +292,6 @@ async fn no_request_fails_when_postgres_drops_every_connection(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_when_postgres_drops_every_connection_in_the_database_flow() {
-    use tickethold::domain::Limits;
-    use tickethold::store::HoldStore;
-
     let db = TestDb::postgres().await;
     let (store, _bus) = db.store(Limits::default()).await;
     no_request_fails_when_postgres_drops_every_connection(&db, store.as_ref()).await;
@@ -306,9 +300,6 @@ async fn no_request_fails_when_postgres_drops_every_connection_in_the_database_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_when_postgres_drops_every_connection_in_the_redis_flow() {
-    use tickethold::domain::Limits;
-    use tickethold::store::HoldStore;
-
     let db = TestDb::postgres().await;
     let (store, _namespace) = db.redis_store(Limits::default()).await;
     no_request_fails_when_postgres_drops_every_connection(&db, store.as_ref()).await;
