@@ -748,16 +748,33 @@ pub async fn hold_ids_by_idempotency_keys_on(
     made_of(&kept.fetch_all(query).await?)
 }
 
+/// The `FROM` clause of the key probe, the pairs as the arrays `$customers` and `$keys`: one
+/// probe of the unique index per pair (`keys_probe` says why it is written so). Shared by
+/// `KEYS_PROBE` and `SIFT_READ`.
+macro_rules! keys_probe_from {
+    ($customers:literal, $keys:literal) => {
+        concat!(
+            "FROM unnest(",
+            $customers,
+            "::text[], ",
+            $keys,
+            "::text[])
+                 AS wanted (customer_id, idempotency_key)
+             CROSS JOIN LATERAL (
+                 SELECT holds.id FROM holds
+                 WHERE holds.customer_id = wanted.customer_id
+                   AND holds.idempotency_key = wanted.idempotency_key
+                 LIMIT 1
+             ) AS found"
+        )
+    };
+}
+
 /// The statement of `keys_probe`: $1 the customers, $2 the keys of the pairs.
-const KEYS_PROBE: &str = r#"
-    SELECT found.id, wanted.customer_id, wanted.idempotency_key
-    FROM unnest($1::text[], $2::text[]) AS wanted (customer_id, idempotency_key)
-    CROSS JOIN LATERAL (
-        SELECT holds.id FROM holds
-        WHERE holds.customer_id = wanted.customer_id
-          AND holds.idempotency_key = wanted.idempotency_key
-        LIMIT 1
-    ) AS found"#;
+const KEYS_PROBE: &str = concat!(
+    "SELECT found.id, wanted.customer_id, wanted.idempotency_key ",
+    keys_probe_from!("$1", "$2")
+);
 
 /// The holds found by `KEYS_PROBE`, by (customer, idempotency key).
 fn made_of(rows: &[QueryResult]) -> StoreResult<HashMap<(String, String), Uuid>> {
@@ -874,24 +891,19 @@ fn sift_read_arguments(
 /// at every execution, 0.27 ms). A sift that ran the three statements at once, each on a
 /// pooled connection of its own, made nine round trips and woke three PostgreSQL backends for
 /// every batch of refusals of a sold-out sale.
-const SIFT_READ: &str = r#"
-    WITH made AS (
-        SELECT coalesce(array_agg(found.id), '{}') AS made_ids,
-               coalesce(array_agg(wanted.customer_id), '{}') AS made_customers,
-               coalesce(array_agg(wanted.idempotency_key), '{}') AS made_keys
-        FROM unnest($2::text[], $3::text[]) AS wanted (customer_id, idempotency_key)
-        CROSS JOIN LATERAL (
-            SELECT holds.id FROM holds
-            WHERE holds.customer_id = wanted.customer_id
-              AND holds.idempotency_key = wanted.idempotency_key
-            LIMIT 1
-        ) AS found
-    )
-    SELECT made.made_ids, made.made_customers, made.made_keys,
-           EXISTS (SELECT 1 FROM holds WHERE status = $4 AND expires_at <= $5) AS any_overdue,
-           ticket_types.*
-    FROM made
-    LEFT JOIN ticket_types ON ticket_types.id = ANY($1::uuid[])"#;
+const SIFT_READ: &str = concat!(
+    "WITH made AS (
+         SELECT coalesce(array_agg(found.id), '{}') AS made_ids,
+                coalesce(array_agg(wanted.customer_id), '{}') AS made_customers,
+                coalesce(array_agg(wanted.idempotency_key), '{}') AS made_keys ",
+    keys_probe_from!("$2", "$3"),
+    ")
+     SELECT made.made_ids, made.made_customers, made.made_keys,
+            EXISTS (SELECT 1 FROM holds WHERE status = $4 AND expires_at <= $5) AS any_overdue,
+            ticket_types.*
+     FROM made
+     LEFT JOIN ticket_types ON ticket_types.id = ANY($1::uuid[])"
+);
 
 /// The items of some holds, by hold id.
 pub async fn hold_items<C: ConnectionTrait>(
