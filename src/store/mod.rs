@@ -163,6 +163,19 @@ pub trait HoldStore: Send + Sync + 'static {
     async fn verify(&self) -> StoreResult<Vec<Drift>>;
 }
 
+/// Queues the request that `job` makes around its reply channel for the task behind `sender`
+/// and waits for the answer; UNAVAILABLE (`{task} stopped`) when that task has gone.
+pub(crate) async fn ask<J, T>(
+    sender: &tokio::sync::mpsc::Sender<J>,
+    task: &str,
+    job: impl FnOnce(tokio::sync::oneshot::Sender<StoreResult<T>>) -> J,
+) -> StoreResult<T> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let stopped = || StoreError::Unavailable(format!("{task} stopped"));
+    sender.send(job(reply)).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
 /// The next batch from a queue of requests: waits for one, then takes those already waiting,
 /// `max` at most; `None` once the queue is closed and empty.
 pub(crate) async fn next_batch<T>(

@@ -90,17 +90,12 @@ impl Batcher {
 
     /// Takes the stock of `request` and writes its hold, committed with whatever else is queued.
     pub async fn hold(&self, request: HoldRequest, now: Millis) -> StoreResult<Answer> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || crate::store::StoreError::Unavailable("the hold writer stopped".into());
-        self.sender
-            .send(Job {
-                request,
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let job = |reply| Job {
+            request,
+            now,
+            reply,
+        };
+        crate::store::ask(&self.sender, "the hold writer", job).await
     }
 }
 

@@ -103,16 +103,13 @@ impl Endings {
         ending: Ending,
         now: Millis,
     ) -> StoreResult<Option<Ended>> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the checkout and release writer stopped".into());
-        let job = Job {
+        let job = |reply| Job {
             hold_id,
             ending,
             now,
             reply,
         };
-        self.sender.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        crate::store::ask(&self.sender, "the checkout and release writer", job).await
     }
 }
 

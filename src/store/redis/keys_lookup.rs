@@ -35,15 +35,12 @@ impl KeysLookup {
 
     /// The id of the journaled hold that `customer` made with `key`, if any.
     pub async fn find(&self, customer: &CustomerId, key: &str) -> StoreResult<Option<Uuid>> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the journal look-up stopped".into());
-        let question = Question {
+        let question = |reply| Question {
             customer: customer.as_str().to_owned(),
             key: key.to_owned(),
             reply,
         };
-        self.sender.send(question).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        crate::store::ask(&self.sender, "the journal look-up", question).await
     }
 }
 
