@@ -25,6 +25,7 @@ use crate::rate::HoldRateLimits;
 use crate::store::HoldStore;
 use crate::store::db::{self, DbStore};
 use crate::store::redis::{Journal, RedisSettings, RedisStore, log};
+use crate::supervise;
 
 /// The embedded default: a SQLite file under `./data/`, created if missing.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite://data/tickethold.db?mode=rwc";
@@ -283,8 +284,17 @@ pub async fn serve(
             "expired holds that lapsed while the server was down"
         );
     }
-    let timer = timer::run(store.clone(), wakeup, timer_config, shutdown.clone());
-    running.tasks.push(tokio::spawn(timer));
+    running.tasks.push(supervise::spawn("the expiry timer", {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        move || {
+            timer::run(
+                store.clone(),
+                wakeup.clone(),
+                timer_config.clone(),
+                shutdown.clone(),
+            )
+        }
+    }));
 
     let hold_rate = Arc::new(HoldRateLimits::new(
         config.holds_per_minute_per_customer,
@@ -462,14 +472,19 @@ async fn start_store(
         .await
         .context("cannot connect to Redis")?;
     let store = Arc::new(store);
+    let (configure, sweep_batch_max) = (
+        config.redis_configure_keyspace_events,
+        config.sweep_batch_max.max(1),
+    );
     let tasks = vec![
-        tokio::spawn(log::run(store.clone(), bus.clone(), shutdown.clone())),
-        tokio::spawn(keyspace::run(
-            store.clone(),
-            config.redis_configure_keyspace_events,
-            config.sweep_batch_max.max(1),
-            shutdown.clone(),
-        )),
+        supervise::spawn("the event stream reader", {
+            let (store, bus, shutdown) = (store.clone(), bus.clone(), shutdown.clone());
+            move || log::run(store.clone(), bus.clone(), shutdown.clone())
+        }),
+        supervise::spawn("the keyspace listener", {
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            move || keyspace::run(store.clone(), configure, sweep_batch_max, shutdown.clone())
+        }),
     ];
     tracing::info!(namespace = %config.redis_namespace, "holds live in Redis");
     let journal = Some(store.journal().clone());

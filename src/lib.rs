@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod rate;
 pub mod store;
+pub mod supervise;
 
 /// An error and all its causes on one line, for logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -164,7 +164,9 @@ pub trait HoldStore: Send + Sync + 'static {
 }
 
 /// Queues the request that `job` makes around its reply channel for the task behind `sender`
-/// and waits for the answer; UNAVAILABLE (`{task} stopped`) when that task has gone.
+/// and waits for the answer. UNAVAILABLE when that task has gone (`{task} stopped`: the request
+/// was not taken) or dropped the request unanswered (a panic, see `crate::supervise`: it may
+/// have been carried out).
 pub(crate) async fn ask<J, T>(
     sender: &tokio::sync::mpsc::Sender<J>,
     task: &str,
@@ -173,7 +175,11 @@ pub(crate) async fn ask<J, T>(
     let (reply, answer) = tokio::sync::oneshot::channel();
     let stopped = || StoreError::Unavailable(format!("{task} stopped"));
     sender.send(job(reply)).await.map_err(|_| stopped())?;
-    answer.await.map_err(|_| stopped())?
+    answer.await.map_err(|_| {
+        StoreError::Unavailable(format!(
+            "{task} failed before answering: the outcome is unknown"
+        ))
+    })?
 }
 
 /// The next batch from a queue of requests: waits for one, then takes those already waiting,

@@ -99,16 +99,24 @@ impl Batcher {
     }
 }
 
-async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>) {
+async fn run(db: DatabaseConnection, bus: Bus, receiver: mpsc::Receiver<Job>) {
+    let kept = &mut (db, bus, receiver);
+    crate::supervise::restarting("the hold writer", kept, |(db, bus, receiver)| {
+        Box::pin(write(db, bus, receiver))
+    })
+    .await;
+}
+
+async fn write(db: &DatabaseConnection, bus: &Bus, receiver: &mut mpsc::Receiver<Job>) {
     // Ticket types that the last batch to touch them left with nothing available.
     let mut sold_out: BTreeSet<TicketTypeId> = BTreeSet::new();
-    let mut kept = Kept::of(&db);
-    while let Some(mut jobs) = crate::store::next_batch(&mut receiver, BATCH_MAX).await {
+    let mut kept = Kept::of(db);
+    while let Some(mut jobs) = crate::store::next_batch(receiver, BATCH_MAX).await {
         let touches_sold_out = jobs
             .iter()
             .any(|job| job.request.items.keys().any(|id| sold_out.contains(id)));
         if touches_sold_out {
-            match sift(&db, kept.as_mut(), &jobs).await {
+            match sift(db, kept.as_mut(), &jobs).await {
                 Ok(sifted) => {
                     note_stock(&mut sold_out, &sifted.available);
                     let rest = jobs.split_off(sifted.answers.len());
@@ -126,10 +134,10 @@ async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>
                 continue;
             }
         }
-        match together(&db, &jobs).await {
+        match together(db, &jobs).await {
             Ok(decided) => {
                 note_stock(&mut sold_out, &decided.available);
-                publish(&bus, decided.stock);
+                publish(bus, decided.stock);
                 for (job, answer) in jobs.into_iter().zip(decided.answers) {
                     job.reply.send(Ok(answer)).ok();
                 }
@@ -140,7 +148,7 @@ async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>
                     tracing::warn!(error = %crate::error_chain(&error), jobs = jobs.len(), "a batch of holds failed; running them one by one");
                 }
                 for job in jobs {
-                    let answer = alone(&db, &bus, &job.request, job.now).await;
+                    let answer = alone(db, bus, &job.request, job.now).await;
                     job.reply.send(answer).ok();
                 }
             }

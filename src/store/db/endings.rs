@@ -113,9 +113,18 @@ impl Endings {
     }
 }
 
-async fn run(db: DatabaseConnection, bus: Bus, mut receiver: mpsc::Receiver<Job>) {
-    while let Some(jobs) = crate::store::next_batch(&mut receiver, BATCH_MAX).await {
-        match together(&db, &jobs).await {
+async fn run(db: DatabaseConnection, bus: Bus, receiver: mpsc::Receiver<Job>) {
+    let kept = &mut (db, bus, receiver);
+    let writer = "the checkout and release writer";
+    crate::supervise::restarting(writer, kept, |(db, bus, receiver)| {
+        Box::pin(write(db, bus, receiver))
+    })
+    .await;
+}
+
+async fn write(db: &DatabaseConnection, bus: &Bus, receiver: &mut mpsc::Receiver<Job>) {
+    while let Some(jobs) = crate::store::next_batch(receiver, BATCH_MAX).await {
+        match together(db, &jobs).await {
             Ok(decided) => {
                 // Published here, not by the askers: a change committed is announced even when
                 // its asker has gone.

@@ -69,7 +69,20 @@ impl Journal {
 
 async fn write_behind(
     db: DatabaseConnection,
-    mut receiver: mpsc::Receiver<Command>,
+    receiver: mpsc::Receiver<Command>,
+    interval: Duration,
+) {
+    // After a panic the entries in hand are lost (logged); the queue is kept.
+    let kept = &mut (db, receiver);
+    crate::supervise::restarting("the hold journal", kept, |(db, receiver)| {
+        Box::pin(write_entries(db, receiver, interval))
+    })
+    .await;
+}
+
+async fn write_entries(
+    db: &DatabaseConnection,
+    receiver: &mut mpsc::Receiver<Command>,
     interval: Duration,
 ) {
     let mut batch: Vec<Entry> = Vec::new();
@@ -102,7 +115,7 @@ async fn write_behind(
                 Ok(None) | Err(_) => break,
             }
         }
-        write_batch(&db, &batch).await;
+        write_batch(db, &batch).await;
         batch.clear();
         for done in waiting.drain(..) {
             done.send(()).ok();

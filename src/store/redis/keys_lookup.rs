@@ -44,16 +44,24 @@ impl KeysLookup {
     }
 }
 
-async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Question>) {
-    let mut kept = Kept::of(&db);
-    while let Some(questions) = crate::store::next_batch(&mut receiver, BATCH_MAX).await {
+async fn run(db: DatabaseConnection, receiver: mpsc::Receiver<Question>) {
+    let kept = &mut (db, receiver);
+    crate::supervise::restarting("the journal look-up", kept, |(db, receiver)| {
+        Box::pin(answer(db, receiver))
+    })
+    .await;
+}
+
+async fn answer(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Question>) {
+    let mut kept = Kept::of(db);
+    while let Some(questions) = crate::store::next_batch(receiver, BATCH_MAX).await {
         let pairs: Vec<(&str, &str)> = questions
             .iter()
             .map(|q| (q.customer.as_str(), q.key.as_str()))
             .collect();
         let found = match kept.as_mut() {
             Some(kept) => queries::hold_ids_by_idempotency_keys_on(kept, &pairs).await,
-            None => queries::hold_ids_by_idempotency_keys(&db, &pairs).await,
+            None => queries::hold_ids_by_idempotency_keys(db, &pairs).await,
         };
         match found {
             Ok(found) => {
