@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_tables;
 mod m20261126_000002_hold_revision;
+mod m20261127_000003_holds_customer_event;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_hold_revision::Migration),
+            Box::new(m20261127_000003_holds_customer_event::Migration),
         ]
     }
 }

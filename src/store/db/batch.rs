@@ -315,10 +315,9 @@ async fn owned_of<C: ConnectionTrait>(
     jobs: &[Job],
     now: Millis,
 ) -> StoreResult<HashMap<(String, TicketTypeId), i64>> {
-    let limited: Vec<TicketTypeId> = types
+    let limited: Vec<&ticket_type::Model> = types
         .values()
         .filter(|tt| tt.max_per_customer.is_some())
-        .map(|tt| TicketTypeId(tt.id))
         .collect();
     let customers: Vec<&str> = jobs
         .iter()

@@ -247,13 +247,13 @@ pub async fn sell_double_checked(
 pub async fn customer_quantity<C: ConnectionTrait>(
     conn: &C,
     customer_id: &CustomerId,
-    ticket_type_id: TicketTypeId,
+    ticket_type: &ticket_type::Model,
     now: Millis,
 ) -> StoreResult<i64> {
     let customer = customer_id.as_str();
-    let owned = customer_quantities(conn, &[customer], &[ticket_type_id], now).await?;
+    let owned = customer_quantities(conn, &[customer], &[ticket_type], now).await?;
     Ok(owned
-        .get(&(customer.to_owned(), ticket_type_id))
+        .get(&(customer.to_owned(), TicketTypeId(ticket_type.id)))
         .copied()
         .unwrap_or(0))
 }
@@ -282,31 +282,38 @@ pub async fn lock_ticket_types(
 pub async fn customer_quantities<C: ConnectionTrait>(
     conn: &C,
     customers: &[&str],
-    ticket_types: &[TicketTypeId],
+    ticket_types: &[&ticket_type::Model],
     now: Millis,
 ) -> StoreResult<HashMap<(String, TicketTypeId), i64>> {
     if customers.is_empty() || ticket_types.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, Uuid, Option<i64>)> = customer_quantities_select(customers, now)
-        .into_tuple()
-        .all(conn)
-        .await?;
+    let events: BTreeSet<Uuid> = ticket_types.iter().map(|tt| tt.event_id).collect();
+    let events: Vec<Uuid> = events.into_iter().collect();
+    let rows: Vec<(String, Uuid, Option<i64>)> =
+        customer_quantities_select(customers, &events, now)
+            .into_tuple()
+            .all(conn)
+            .await?;
     Ok(rows
         .into_iter()
         .map(|(c, t, q)| ((c, TicketTypeId(t)), q.unwrap_or(0)))
-        .filter(|((_, t), _)| ticket_types.contains(t))
+        .filter(|((_, t), _)| ticket_types.iter().any(|tt| tt.id == t.0))
         .collect())
 }
 
-/// The statement of `customer_quantities`, over every ticket type: it is found through the
-/// customers alone (the unique index on `(customer_id, idempotency_key)`). Given the ticket
-/// type, or the statuses, the planners may start from that ticket type's items, or from the
-/// active holds: every hold of the sale, where the statistics, taken before it, expect none (a
-/// batch of 30 limited holds took 440 ms on PostgreSQL with 2,000 holds of the ticket type).
-/// What is counted is decided in the sum, which no index serves; the ticket types are kept
-/// after.
-fn customer_quantities_select(customers: &[&str], now: Millis) -> Select<hold_item::Entity> {
+/// The statement of `customer_quantities`, over every ticket type of `events`: it is found
+/// through the customers and the events alone (the index on `(customer_id, event_id)`, so
+/// that a customer's holds of other sales are never read). Given the ticket type, or the
+/// statuses, the planners may start from that ticket type's items, or from the active holds:
+/// every hold of the sale, where the statistics, taken before it, expect none (a batch of 30
+/// limited holds took 440 ms on PostgreSQL with 2,000 holds of the ticket type). What is
+/// counted is decided in the sum, which no index serves; the ticket types are kept after.
+fn customer_quantities_select(
+    customers: &[&str],
+    events: &[Uuid],
+    now: Millis,
+) -> Select<hold_item::Entity> {
     let status = || Expr::col((hold::Entity, hold::Column::Status));
     let counted = status().eq(HoldStatus::Confirmed.as_str()).or(status()
         .eq(HoldStatus::Active.as_str())
@@ -319,6 +326,7 @@ fn customer_quantities_select(customers: &[&str], now: Millis) -> Select<hold_it
         .expr_as(Func::sum(Expr::case(counted, quantity).finally(0)), "total")
         .inner_join(hold::Entity)
         .filter(hold::Column::CustomerId.is_in(customers.iter().copied()))
+        .filter(hold::Column::EventId.is_in(events.iter().copied()))
         .group_by(hold::Column::CustomerId)
         .group_by(hold_item::Column::TicketTypeId)
 }
@@ -468,7 +476,7 @@ pub async fn limit_rejection(
     let Some(max) = tt.max_per_customer else {
         return Ok(None);
     };
-    let already = customer_quantity(txn, customer_id, TicketTypeId(tt.id), now).await?;
+    let already = customer_quantity(txn, customer_id, tt, now).await?;
     if already + i64::from(quantity) <= i64::from(max) {
         return Ok(None);
     }
@@ -972,11 +980,16 @@ fn overdue_held_select(now: Millis) -> Select<hold_item::Entity> {
 }
 
 /// The statements of a batch of holds that join holds to their items, for the tests that read
-/// their plans: `overdue_held` and `customer_quantities` (of `customers`).
-pub fn batch_statements(backend: DbBackend, customers: &[&str], now: Millis) -> [Statement; 2] {
+/// their plans: `overdue_held` and `customer_quantities` (of `customers` in `event`).
+pub fn batch_statements(
+    backend: DbBackend,
+    customers: &[&str],
+    event: Uuid,
+    now: Millis,
+) -> [Statement; 2] {
     [
         overdue_held_select(now).build(backend),
-        customer_quantities_select(customers, now).build(backend),
+        customer_quantities_select(customers, &[event], now).build(backend),
     ]
 }
 
