@@ -3,6 +3,7 @@
 //! signs its own tokens with the server's secret: an admin's for the setup, and one per buyer,
 //! who then holds, checks out and releases as themselves, like a real client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,7 +14,8 @@ use crate::auth::{Authenticator, Role};
 /// A client of one server.
 #[derive(Clone)]
 pub struct Api {
-    endpoint: String,
+    /// Parsed once: a URL given as text is parsed again by every request.
+    endpoint: reqwest::Url,
     http: reqwest::Client,
     tokens: Authenticator,
     /// `Bearer <admin token>`.
@@ -43,26 +45,38 @@ const RELEASE: &str = "mutation($h:ID!){releaseHold(holdId:$h){id status}}";
 impl Api {
     /// A client of the server at `base_url`, whose tokens `secret` signs.
     pub fn new(base_url: &str, connections_max: usize, secret: &str) -> anyhow::Result<Api> {
+        // The server never redirects: no redirect policy or `Referer` to run on every request.
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(connections_max)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()
             .context("cannot build the HTTP client")?;
+        let endpoint = format!("{}/graphql", base_url.trim_end_matches('/'));
+        let endpoint =
+            reqwest::Url::parse(&endpoint).with_context(|| format!("bad URL {endpoint}"))?;
         let tokens = Authenticator::hs256(secret.as_bytes());
         let admin = tokens
             .mint(Role::Admin, "bench-admin", TOKEN_TTL)
             .context("cannot sign a token")?;
         Ok(Api {
-            endpoint: format!("{}/graphql", base_url.trim_end_matches('/')),
+            endpoint,
             http,
             tokens,
             admin: format!("Bearer {admin}"),
         })
     }
 
-    /// `Bearer <token>` of the buyer `customer`.
+    /// `Bearer <token>` of the buyer `customer`. Buyers sign in before a sale opens: the bench
+    /// signs its buyers' tokens before it starts the clock (see `buyers`).
     pub fn buyer(&self, customer: &str) -> String {
         let token = self.tokens.mint(Role::Buyer, customer, TOKEN_TTL);
         format!("Bearer {}", token.unwrap_or_default())
+    }
+
+    /// The `Bearer <token>` of every buyer named, in order.
+    pub fn buyers(&self, names: impl Iterator<Item = String>) -> Arc<Vec<String>> {
+        Arc::new(names.map(|name| self.buyer(&name)).collect())
     }
 
     /// The admin's `Bearer <token>`.
@@ -84,7 +98,7 @@ impl Api {
         field: &str,
     ) -> Outcome {
         let body = json!({"query": query, "variables": variables});
-        let request = self.http.post(&self.endpoint).json(&body);
+        let request = self.http.post(self.endpoint.clone()).json(&body);
         let request = request.header("Authorization", authorization);
         let response = match request.send().await {
             Ok(response) => response,

@@ -175,13 +175,15 @@ async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String], buyer
     let progress = progress_bar(args.buyers, buyers.label());
     let next = Arc::new(AtomicU64::new(0));
     let type_ids = Arc::new(type_ids.to_vec());
+    let tokens = api.buyers((0..args.buyers).map(|buyer| buyers.name(buyer)));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (api, next, type_ids, progress) = (
+        let (api, next, type_ids, tokens, progress) = (
             api.clone(),
             next.clone(),
             type_ids.clone(),
+            tokens.clone(),
             progress.clone(),
         );
         let (event_id, args) = (event_id.to_owned(), args.clone());
@@ -190,10 +192,10 @@ async fn rush(api: &Api, args: &Args, event_id: &str, type_ids: &[String], buyer
             api,
             next,
             type_ids,
+            tokens,
             progress,
             event_id,
             args,
-            buyers,
         };
         workers.push(tokio::spawn(rush_worker(shared)));
     }
@@ -241,10 +243,11 @@ struct Shared {
     started: Instant,
     next: Arc<AtomicU64>,
     type_ids: Arc<Vec<String>>,
+    /// Each buyer's `Bearer <token>`, by buyer number.
+    tokens: Arc<Vec<String>>,
     progress: ProgressBar,
     event_id: String,
     args: Args,
-    buyers: Buyers,
 }
 
 /// One buyer after another until every buyer has tried once.
@@ -259,7 +262,7 @@ async fn rush_worker(s: Shared) -> Tally {
             return tally;
         }
         let type_index = (buyer % s.type_ids.len() as u64) as usize;
-        let token = s.api.buyer(&s.buyers.name(buyer));
+        let token = s.tokens[buyer as usize].clone();
         let sent = Instant::now();
         let outcome = s
             .api

@@ -205,13 +205,17 @@ async fn raw_redis_sale(
 async fn request_floor(args: &Args) -> anyhow::Result<ReferenceResult> {
     let mut server = target::Server::start(super::Flow::Sqlite, args).await?;
     let api = Api::new(&server.url(), args.concurrency, &server.secret)?;
-    let floor = move |(_, buyer)| {
-        let api = api.clone();
+    // Signed before the clock starts, as the flash sale's buyers' tokens are.
+    let buyers = args
+        .buyers
+        .max(args.warm_up().map_or(0, |warm| warm.buyers));
+    let tokens = api.buyers((0..buyers).map(|buyer| format!("buyer-{buyer}")));
+    let floor = move |(_, buyer): (usize, u64)| {
+        let (api, tokens) = (api.clone(), tokens.clone());
         async move {
-            // Signed here, as the flash sale's buyers sign theirs.
-            let token = api.buyer(&format!("buyer-{buyer}"));
+            let token = &tokens[buyer as usize];
             match api
-                .call_as(&token, "{serverTime}", Value::Null, "serverTime")
+                .call_as(token, "{serverTime}", Value::Null, "serverTime")
                 .await
             {
                 Outcome::Done(_) => Ok(true),
