@@ -73,11 +73,12 @@ pub fn router(schema: AppSchema, services: Services, web: WebSettings) -> Router
     };
     router
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-        .with_state(AppState {
+        // One reference count per request, not one per service and metric.
+        .with_state(Arc::new(AppState {
             schema,
             services,
             web: Arc::new(web),
-        })
+        }))
 }
 
 impl AppState {
@@ -111,7 +112,7 @@ impl AppState {
     }
 }
 
-async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+async fn graphql_post(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let caller = state.caller(request.headers());
     let address = state.client_address(&request);
@@ -156,7 +157,7 @@ fn invalid(status: StatusCode, message: String) -> Response {
 }
 
 /// GraphiQL for a browser, a subscription for a WebSocket upgrade.
-async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+async fn graphql_get(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let upgrade = request
         .headers()
         .get(header::UPGRADE)
@@ -214,7 +215,7 @@ const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; font-src 'self
 /// arrive within the configured timeout; the subscriptions it may open are counted.
 async fn serve_socket(
     socket: WebSocket,
-    state: AppState,
+    state: Arc<AppState>,
     protocol: GraphQLProtocol,
     header_caller: Caller,
     address: Option<ClientAddress>,
@@ -273,7 +274,7 @@ fn init_authorization(payload: &serde_json::Value) -> Option<&str> {
 }
 
 /// Prometheus's text format.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let headers = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (headers, state.services.metrics.render()).into_response()
 }
@@ -285,7 +286,7 @@ struct TokenQuery {
 }
 
 /// Development mode only: a token for anyone who asks (valid 24 hours).
-async fn dev_token(State(state): State<AppState>, Query(query): Query<TokenQuery>) -> Response {
+async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<TokenQuery>) -> Response {
     let Some(role) = Role::parse(query.role.as_deref().unwrap_or("buyer")) else {
         let message = "role: buyer, admin or service".to_owned();
         return invalid(StatusCode::BAD_REQUEST, message);
@@ -308,7 +309,7 @@ async fn dev_token(State(state): State<AppState>, Query(query): Query<TokenQuery
 }
 
 /// Ready when the database (and Redis, in the Redis flow) answers.
-async fn ready(State(state): State<AppState>) -> Response {
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.services.store.ping().await {
         Ok(()) => "ready".into_response(),
         Err(error) => {
@@ -323,7 +324,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 #[folder = "web/"]
 struct Assets;
 
-async fn asset(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+async fn asset(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
     // GraphiQL switched off is off everywhere, its assets included.
     let graphiql = [
         "graphiql/",

@@ -7,6 +7,7 @@
 //! follows every change of the deployment, so aggregate `tickethold_holds_expired_total`
 //! across instances with `max`, not `sum`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -17,9 +18,12 @@ use prometheus::{
 use crate::domain::{Hold, HoldStatus};
 
 /// The service's metrics, in a registry of their own (tests run several servers in one
-/// process). Cheap to clone.
+/// process). Cheap to clone: one reference count (each metric is one of its own).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Registered>);
+
+/// The metrics themselves, shared by every clone of `Metrics`.
+pub struct Registered {
     registry: Registry,
     pub holds_created: IntCounter,
     pub holds_released: IntCounter,
@@ -94,7 +98,7 @@ impl Metrics {
                 .register(collector)
                 .expect("a metric registered once");
         }
-        Metrics {
+        Metrics(Arc::new(Registered {
             registry,
             holds_created,
             holds_released,
@@ -105,7 +109,7 @@ impl Metrics {
             expiry_lag,
             subscriptions_active,
             request_duration,
-        }
+        }))
     }
 
     /// A hold that just expired, as the bus carries it.
@@ -128,6 +132,14 @@ impl Metrics {
             tracing::error!(%error, "cannot encode the metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Registered;
+
+    fn deref(&self) -> &Registered {
+        &self.0
     }
 }
 
