@@ -286,7 +286,10 @@ struct TokenQuery {
 }
 
 /// Development mode only: a token for anyone who asks (valid 24 hours).
-async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<TokenQuery>) -> Response {
+async fn dev_token(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+) -> Response {
     let Some(role) = Role::parse(query.role.as_deref().unwrap_or("buyer")) else {
         let message = "role: buyer, admin or service".to_owned();
         return invalid(StatusCode::BAD_REQUEST, message);
