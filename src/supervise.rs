@@ -16,16 +16,16 @@ use futures::future::BoxFuture;
 /// spin.
 const RESTART_PAUSE: Duration = Duration::from_millis(100);
 
-/// Runs `task` on `kept` until it returns; each time it panics, logs the panic and, after a
-/// short pause, runs it again on the same `kept`. (`task` boxes its future: the future of an
+/// Runs `task` on `state` until it returns; each time it panics, logs the panic and, after a
+/// short pause, runs it again on the same `state`. (`task` boxes its future: the future of an
 /// async closure over a borrow cannot be proven `Send` for `tokio::spawn` by today's compiler.)
 pub async fn restarting<K>(
     name: &str,
-    kept: &mut K,
+    state: &mut K,
     mut task: impl FnMut(&mut K) -> BoxFuture<'_, ()>,
 ) {
     loop {
-        match AssertUnwindSafe(task(kept)).catch_unwind().await {
+        match AssertUnwindSafe(task(state)).catch_unwind().await {
             Ok(()) => return,
             Err(panic) => {
                 let panic = message_of(panic.as_ref());

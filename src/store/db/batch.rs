@@ -100,8 +100,8 @@ impl Batcher {
 }
 
 async fn run(db: DatabaseConnection, bus: Bus, receiver: mpsc::Receiver<Job>) {
-    let kept = &mut (db, bus, receiver);
-    crate::supervise::restarting("the hold writer", kept, |(db, bus, receiver)| {
+    let state = &mut (db, bus, receiver);
+    crate::supervise::restarting("the hold writer", state, |(db, bus, receiver)| {
         Box::pin(write(db, bus, receiver))
     })
     .await;

@@ -114,9 +114,9 @@ impl Endings {
 }
 
 async fn run(db: DatabaseConnection, bus: Bus, receiver: mpsc::Receiver<Job>) {
-    let kept = &mut (db, bus, receiver);
+    let state = &mut (db, bus, receiver);
     let writer = "the checkout and release writer";
-    crate::supervise::restarting(writer, kept, |(db, bus, receiver)| {
+    crate::supervise::restarting(writer, state, |(db, bus, receiver)| {
         Box::pin(write(db, bus, receiver))
     })
     .await;

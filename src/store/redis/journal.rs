@@ -72,9 +72,9 @@ async fn write_behind(
     receiver: mpsc::Receiver<Command>,
     interval: Duration,
 ) {
-    // After a panic the entries in hand are lost (logged); the queue is kept.
-    let kept = &mut (db, receiver);
-    crate::supervise::restarting("the hold journal", kept, |(db, receiver)| {
+    // After a panic the entries in hand are lost (the panic is logged); the queue is kept.
+    let state = &mut (db, receiver);
+    crate::supervise::restarting("the hold journal", state, |(db, receiver)| {
         Box::pin(write_entries(db, receiver, interval))
     })
     .await;

@@ -45,8 +45,8 @@ impl KeysLookup {
 }
 
 async fn run(db: DatabaseConnection, receiver: mpsc::Receiver<Question>) {
-    let kept = &mut (db, receiver);
-    crate::supervise::restarting("the journal look-up", kept, |(db, receiver)| {
+    let state = &mut (db, receiver);
+    crate::supervise::restarting("the journal look-up", state, |(db, receiver)| {
         Box::pin(answer(db, receiver))
     })
     .await;
