@@ -377,11 +377,12 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
 }
 
 /// Every sift of a sold-out sale, and every keyed hold of the Redis flow, asks which of its
-/// (customer, idempotency key) pairs made a hold already. On PostgreSQL each pair is one probe
-/// of the unique index, also on a holds table whose sale the planner's statistics have not
-/// seen (only the history: 5,000 past events, 50,000 ended holds), and only exact pairs are found: by the probe alone (the Redis
-/// flow's, on a pooled or a kept connection) and by the sift's one statement, which also reads
-/// the ticket types and whether any hold is overdue (and then, only then, how many tickets).
+/// (customer, idempotency key) pairs made a hold already. On PostgreSQL each pair is one probe of
+/// the unique index, also on a holds table whose sale the planner's statistics have not seen (only
+/// the history: 5,000 past events, 50,000 ended holds), and only exact pairs are found: by the
+/// probe alone (the Redis flow's, on a pooled or a kept connection) and by the sift's one
+/// statement, which also reads the ticket types and whether any hold is overdue (and then, only
+/// then, how many tickets).
 #[tokio::test]
 async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
     let db = TestDb::postgres().await;

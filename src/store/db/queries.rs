@@ -883,14 +883,14 @@ fn sift_read_arguments(
     (ids.iter().map(|id| id.0).collect(), customers, keys)
 }
 
-/// The key probe of `keys_probe` (the pairs found folded into three arrays, so that there is a
-/// row even when no ticket type is found), the `EXISTS` check of `overdue_held_select` and the
-/// ticket types, in one round trip: $1 the ticket type ids, $2 and $3 the customers and keys
-/// of the pairs, $4 now; the active status is written in (see `is_active`). One text, prepared once per connection; with a
-/// batch of more than a few pairs PostgreSQL settles on its generic plan, executed without
-/// planning (a statement that also summed the overdue tickets did not, and was planned anew
-/// at every execution, 0.27 ms). A sift that ran the three statements at once, each on a
-/// pooled connection of its own, made nine round trips and woke three PostgreSQL backends for
+/// The key probe of `keys_probe` (the pairs found folded into three arrays, so that there is a row
+/// even when no ticket type is found), the `EXISTS` check of `overdue_held_select` and the ticket
+/// types, in one round trip: $1 the ticket type ids, $2 and $3 the customers and keys of the pairs,
+/// $4 now; the active status is written in (see `is_active`). One text, prepared once per
+/// connection; with a batch of more than a few pairs PostgreSQL settles on its generic plan,
+/// executed without planning (a statement that also summed the overdue tickets did not, and was
+/// planned anew at every execution, 0.27 ms). A sift that ran the three statements at once, each on
+/// a pooled connection of its own, made nine round trips and woke three PostgreSQL backends for
 /// every batch of refusals of a sold-out sale.
 const SIFT_READ: &str = concat!(
     "WITH made AS (
