@@ -1,6 +1,8 @@
 //! An index on `(customer_id, event_id)` of holds, for the per-customer limit: what a customer
 //! already has of a ticket type is read from their holds of its event alone, not from every
-//! hold they ever made (a customer's history grows with every sale they join).
+//! hold they ever made (a customer's history grows with every sale they join). Skipped where the
+//! index exists: on a large PostgreSQL, create it first without blocking writes,
+//! `CREATE INDEX CONCURRENTLY idx_holds_customer_id_event_id ON holds (customer_id, event_id)`.
 
 use sea_orm_migration::prelude::*;
 
@@ -15,6 +17,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name(INDEX)
                     .table(Hold::Table)
                     .col(Hold::CustomerId)
