@@ -1,10 +1,14 @@
 //! An index on `(customer_id, event_id)` of holds, for the per-customer limit: what a customer
 //! already has of a ticket type is read from their holds of its event alone, not from every
-//! hold they ever made (a customer's history grows with every sale they join). Skipped where the
-//! index exists: on a large PostgreSQL, create it first without blocking writes,
-//! `CREATE INDEX CONCURRENTLY idx_holds_customer_id_event_id ON holds (customer_id, event_id)`.
+//! hold they ever made (a customer's history grows with every sale they join).
+//!
+//! On PostgreSQL it is built `CONCURRENTLY`, so that upgrading a database with a large `holds`
+//! table does not block holds while it builds; that is refused inside a transaction block, so
+//! this migration runs outside one (were the build to fail, PostgreSQL would leave an invalid
+//! index of that name behind: drop it and start again).
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -13,7 +17,18 @@ const INDEX: &str = "idx_holds_customer_id_event_id";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() == DbBackend::Postgres {
+            let build = format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX} ON holds (customer_id, event_id)"
+            );
+            manager.get_connection().execute_unprepared(&build).await?;
+            return Ok(());
+        }
         manager
             .create_index(
                 Index::create()
