@@ -4,8 +4,8 @@
 //!
 //! On PostgreSQL it is built `CONCURRENTLY`, so that upgrading a database with a large `holds`
 //! table does not block holds while it builds; that is refused inside a transaction block, so
-//! this migration runs outside one (were the build to fail, PostgreSQL would leave an invalid
-//! index of that name behind: drop it and start again).
+//! this migration runs outside one. A concurrent build that fails leaves an invalid index of
+//! that name behind: the next start drops it and builds it again.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
@@ -23,6 +23,18 @@ impl MigrationTrait for Migration {
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         if manager.get_database_backend() == DbBackend::Postgres {
+            let drop_invalid = format!(
+                "DO $$ BEGIN
+                     IF EXISTS (SELECT 1 FROM pg_index
+                                WHERE indexrelid = to_regclass('{INDEX}') AND NOT indisvalid)
+                     THEN DROP INDEX {INDEX};
+                     END IF;
+                 END $$"
+            );
+            manager
+                .get_connection()
+                .execute_unprepared(&drop_invalid)
+                .await?;
             let build = format!(
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX} ON holds (customer_id, event_id)"
             );
