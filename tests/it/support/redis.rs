@@ -28,21 +28,41 @@ impl RedisServer {
         RedisServer::launch_node(append_only, false)
     }
 
+    /// On a port free a moment ago, which another process (a test's client connecting out, say)
+    /// may take before `redis-server` binds it: then again on another.
     fn launch_node(append_only: bool, cluster: bool) -> RedisServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut server = RedisServer {
             child: None,
-            port,
-            dir,
+            port: 0,
+            dir: tempfile::tempdir().expect("temp dir"),
             append_only,
             cluster,
         };
-        server.spawn();
-        server
+        for _ in 0..5 {
+            // A folder of its own for each attempt: a cluster node writes its config at start.
+            server.dir = tempfile::tempdir().expect("temp dir");
+            server.port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of five free ports");
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server on port {} did not start",
+            self.port
+        );
+    }
+
+    /// Starts `redis-server` on `self.port`; false if it exits or does not answer within 10 s.
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -83,11 +103,17 @@ impl RedisServer {
             if let Ok(mut conn) = self.client().get_connection()
                 && redis::cmd("PING").query::<String>(&mut conn).is_ok()
             {
-                return;
+                return true;
+            }
+            let exited = self.child.as_mut().map(|child| child.try_wait());
+            if let Some(Ok(Some(_))) = exited {
+                self.child = None;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        self.kill();
+        false
     }
 
     pub fn url(&self) -> String {
@@ -146,6 +172,19 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// A free port whose cluster bus port (10,000 above it) is free too and exists.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        let bus_free = port
+            .checked_add(10_000)
+            .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if bus_free {
+            return port;
+        }
+    }
 }
 
 /// A Redis Cluster of three primaries (no replicas), each a private `redis-server`.
