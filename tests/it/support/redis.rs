@@ -31,20 +31,18 @@ impl RedisServer {
     /// On a port free a moment ago, which another process (a test's client connecting out, say)
     /// may take before `redis-server` binds it: then again on another.
     fn launch_node(append_only: bool, cluster: bool) -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().expect("temp dir"),
-            append_only,
-            cluster,
-        };
         for _ in 0..5 {
             // A folder of its own for each attempt: a cluster node writes its config at start.
-            server.dir = tempfile::tempdir().expect("temp dir");
-            server.port = if cluster {
-                free_cluster_port()
-            } else {
-                free_port()
+            let mut server = RedisServer {
+                child: None,
+                port: if cluster {
+                    free_cluster_port()
+                } else {
+                    free_port()
+                },
+                dir: tempfile::tempdir().expect("temp dir"),
+                append_only,
+                cluster,
             };
             if server.try_spawn() {
                 return server;
