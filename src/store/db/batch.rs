@@ -38,6 +38,9 @@ use crate::store::{Outcome, StoreError, StoreResult};
 /// Requests in one transaction at most.
 const BATCH_MAX: usize = 256;
 
+/// The task's name, in the errors its askers get and in the log when it panics.
+const TASK: &str = "the hold writer";
+
 /// Pooled connections of a hold writer on a thread of its own, for its transactions (two, so
 /// that a transaction need not wait for the ping that gives the last one back); its sifts read
 /// on a connection it keeps, one more.
@@ -95,13 +98,13 @@ impl Batcher {
             now,
             reply,
         };
-        crate::store::ask(&self.sender, "the hold writer", job).await
+        crate::store::ask(&self.sender, TASK, job).await
     }
 }
 
 async fn run(db: DatabaseConnection, bus: Bus, receiver: mpsc::Receiver<Job>) {
     let state = &mut (db, bus, receiver);
-    crate::supervise::restarting("the hold writer", state, |(db, bus, receiver)| {
+    crate::supervise::restarting(TASK, state, |(db, bus, receiver)| {
         Box::pin(write(db, bus, receiver))
     })
     .await;

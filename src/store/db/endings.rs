@@ -29,6 +29,9 @@ use crate::store::{StoreError, StoreResult};
 /// items, binds 10,240 parameters, within SQLite's 32,766 and PostgreSQL's 65,535.
 const BATCH_MAX: usize = 128;
 
+/// The task's name, in the errors its askers get and in the log when it panics.
+const TASK: &str = "the checkout and release writer";
+
 /// How a request would end its hold.
 enum Ending {
     Checkout(CheckoutRequest),
@@ -109,14 +112,13 @@ impl Endings {
             now,
             reply,
         };
-        crate::store::ask(&self.sender, "the checkout and release writer", job).await
+        crate::store::ask(&self.sender, TASK, job).await
     }
 }
 
 async fn run(db: DatabaseConnection, bus: Bus, receiver: mpsc::Receiver<Job>) {
     let state = &mut (db, bus, receiver);
-    let writer = "the checkout and release writer";
-    crate::supervise::restarting(writer, state, |(db, bus, receiver)| {
+    crate::supervise::restarting(TASK, state, |(db, bus, receiver)| {
         Box::pin(write(db, bus, receiver))
     })
     .await;

@@ -15,6 +15,9 @@ use crate::store::{StoreError, StoreResult};
 /// Questions in one statement at most.
 const BATCH_MAX: usize = 256;
 
+/// The task's name, in the errors its askers get and in the log when it panics.
+const TASK: &str = "the journal look-up";
+
 struct Question {
     customer: String,
     key: String,
@@ -40,16 +43,14 @@ impl KeysLookup {
             key: key.to_owned(),
             reply,
         };
-        crate::store::ask(&self.sender, "the journal look-up", question).await
+        crate::store::ask(&self.sender, TASK, question).await
     }
 }
 
 async fn run(db: DatabaseConnection, receiver: mpsc::Receiver<Question>) {
     let state = &mut (db, receiver);
-    crate::supervise::restarting("the journal look-up", state, |(db, receiver)| {
-        Box::pin(answer(db, receiver))
-    })
-    .await;
+    crate::supervise::restarting(TASK, state, |(db, receiver)| Box::pin(answer(db, receiver)))
+        .await;
 }
 
 async fn answer(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Question>) {
