@@ -13,5 +13,6 @@ mod lifecycle;
 mod limits;
 mod model;
 mod redis_flow;
+mod redis_sales;
 mod schema;
 mod support;

@@ -181,7 +181,10 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, entries: &[Entry]) -> StoreRes
     if latest.is_empty() {
         return Ok(0);
     }
-    let latest: Vec<&Entry> = latest.into_values().collect();
+    // In id order, the order in which every writer of the journal locks its rows, so that
+    // two batches (of the journal, of checkouts, of two instances) never deadlock.
+    let mut latest: Vec<&Entry> = latest.into_values().collect();
+    latest.sort_unstable_by_key(|(hold, _)| hold.id);
     // Chunks keep each statement under the databases' bind-parameter limits.
     let mut written = 0;
     for chunk in latest.chunks(ROWS_PER_STATEMENT) {

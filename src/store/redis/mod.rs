@@ -13,7 +13,8 @@
 //!   `stock.lua` before they read the stock.
 //! - *Checkout*: pin the hold (it can no longer expire), sell in one database transaction that
 //!   double-checks `sold + quantity <= capacity` and writes the order (unique per hold), then
-//!   finalize in Redis. A checkout that died between the steps is reconciled by the sweep.
+//!   finalize in Redis. Concurrent sales commit together (`sales`), none after its pin's
+//!   deadline. A checkout that died between the steps is reconciled by the sweep.
 //! - *Durability*: holds are journaled to the database in batches (`journal`). When Redis has
 //!   lost an event's state (its `loaded` marker is gone), scripts answer `NOLOAD` and the event is
 //!   rebuilt from the database: sold from the counters kept with the orders, active holds from the
@@ -25,6 +26,7 @@ mod conn;
 pub mod journal;
 mod keys_lookup;
 pub mod log;
+mod sales;
 mod scripts;
 
 use std::collections::{BTreeMap, HashSet};
@@ -42,6 +44,7 @@ use uuid::Uuid;
 pub use self::conn::{Conn, Topology};
 pub use self::journal::Journal;
 use self::keys_lookup::KeysLookup;
+use self::sales::Sales;
 pub use self::scripts::Keys;
 use self::scripts::{Scripts, array, hold_of, items_text, revision_of, string, strings};
 use super::db::{convert, queries};
@@ -93,6 +96,8 @@ pub struct RedisStore {
     known: queries::KnownEvents,
     /// The journal's holds by idempotency key, asked for many holds at once.
     journaled_keys: KeysLookup,
+    /// The database half of checkouts, committed together.
+    sales: Sales,
 }
 
 /// What a change script answered.
@@ -120,6 +125,7 @@ impl RedisStore {
         let redis = topology.connect(settings.command_timeout).await?;
         let journal = Journal::start(db.clone(), settings.journal_interval);
         let journaled_keys = KeysLookup::start(db.clone());
+        let sales = Sales::start(db.clone());
         Ok(RedisStore {
             db,
             redis,
@@ -133,6 +139,7 @@ impl RedisStore {
             events: Mutex::new((None, Vec::new())),
             known: queries::KnownEvents::default(),
             journaled_keys,
+            sales,
         })
     }
 
@@ -562,38 +569,6 @@ impl RedisStore {
         }
     }
 
-    /// The database half of a checkout: one transaction that double-checks the stock, sells it
-    /// and writes the order. `Ok(Err(SoldOut))` if the database disagrees with Redis.
-    async fn sell(
-        &self,
-        hold: &Hold,
-        request: &CheckoutRequest,
-        now: Millis,
-    ) -> StoreResult<Outcome<Order>> {
-        let txn = self.db.begin().await?;
-        let sold = sell_in(&txn, hold, request, now).await;
-        match sold {
-            Ok(Ok(order)) => {
-                txn.commit().await?;
-                Ok(Ok(order))
-            }
-            Ok(Err(rejection)) => {
-                txn.rollback().await?;
-                Ok(Err(rejection))
-            }
-            Err(StoreError::Db(error)) if is_unique_violation(&error) => {
-                // Another checkout of this hold committed its order first: that is the order.
-                txn.rollback().await?;
-                let existing = queries::order_of_hold(&self.db, hold.id).await?;
-                existing.map(Ok).ok_or(StoreError::Db(error))
-            }
-            Err(error) => {
-                txn.rollback().await.ok();
-                Err(error)
-            }
-        }
-    }
-
     /// Every Redis-side difference of one event: counters against the holds Redis has.
     async fn verify_event(&self, event: EventId) -> StoreResult<Vec<Drift>> {
         let mut conn = self.conn();
@@ -665,33 +640,6 @@ impl RedisStore {
         }
         Ok(drifts)
     }
-}
-
-/// Inside the checkout transaction: journals the hold as confirmed, writes the order, and sells
-/// its stock if the database agrees it exists; the sale last, since it locks the ticket types'
-/// rows (hot in a flash sale) until the commit.
-async fn sell_in(
-    txn: &sea_orm::DatabaseTransaction,
-    hold: &Hold,
-    request: &CheckoutRequest,
-    now: Millis,
-) -> StoreResult<Outcome<Order>> {
-    let mut confirmed = hold.clone();
-    confirmed.status = HoldStatus::Confirmed;
-    confirmed.ended_at = Some(now);
-    if journal::upsert(txn, &[(confirmed, 0)]).await? != 1 {
-        // The journal already ended this hold (a pin reconciled away, then an expiry): no sale.
-        return Ok(Err(Rejection::HoldExpired));
-    }
-    let order = queries::insert_order(txn, hold, request, now).await?;
-    for item in &hold.items {
-        if let Err(rejection) =
-            queries::sell_double_checked(txn, item.ticket_type_id, item.quantity as i32).await?
-        {
-            return Ok(Err(rejection));
-        }
-    }
-    Ok(Ok(order))
 }
 
 fn is_unique_violation(error: &sea_orm::DbErr) -> bool {
@@ -897,13 +845,11 @@ impl HoldStore for RedisStore {
             };
             // Bounded well below the pin timeout, so that the sweep never reconciles a pin whose
             // transaction may still commit.
-            let bound = self.settings.pin_timeout / 3;
-            let sold = match tokio::time::timeout(bound, self.sell(&pinned, &request, now)).await {
-                Ok(sold) => sold,
-                Err(_) => Err(StoreError::Unavailable(
-                    "the database did not answer in time".into(),
-                )),
-            };
+            let deadline = tokio::time::Instant::now() + self.settings.pin_timeout / 3;
+            let sale = self
+                .sales
+                .sell(pinned.clone(), request.clone(), now, deadline);
+            let sold = sale.await;
             let order = match sold {
                 Ok(Ok(order)) => order,
                 Ok(Err(rejection)) => {

@@ -129,7 +129,6 @@ impl TestDb {
         namespace: &str,
         limits: Limits,
     ) -> Arc<RedisStore> {
-        let connection = connect(self.url(), 4).await.expect("connect");
         let settings = RedisSettings {
             url: url.to_owned(),
             namespace: namespace.to_owned(),
@@ -138,6 +137,17 @@ impl TestDb {
             command_timeout: Duration::from_secs(5),
             cluster: url.contains(','),
         };
+        self.redis_store_with(settings, limits).await
+    }
+
+    /// A Redis-flow store over this database with `settings`.
+    pub async fn redis_store_with(
+        &self,
+        settings: RedisSettings,
+        limits: Limits,
+    ) -> Arc<RedisStore> {
+        let url = settings.url.clone();
+        let connection = connect(self.url(), 4).await.expect("connect");
         let store = RedisStore::connect(connection, settings, Arc::new(Wakeup::default()), limits)
             .await
             .unwrap_or_else(|e| panic!("Redis at {url} is needed: {e}"));

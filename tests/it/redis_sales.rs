@@ -1,0 +1,232 @@
+//! The database half of the Redis flow's checkouts: each sale is a transaction that journals
+//! the hold as confirmed, writes its order and double-checks the stock; concurrent sales commit
+//! together, and none commits after its pin's deadline.
+
+use std::time::Duration;
+
+use entity::{hold, order, ticket_type};
+use futures::future::join_all;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, Statement, TransactionTrait,
+};
+use tickethold::domain::{
+    CheckoutRequest, CustomerId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
+    NewTicketType, Rejection, TicketTypeId,
+};
+use tickethold::store::redis::RedisSettings;
+use tickethold::store::{HoldStore, StoreError};
+
+use crate::support::db::redis_url;
+use crate::support::{RedisNamespace, TestDb};
+
+/// The database's own counters of a ticket type: (sold, version).
+async fn sold_and_version(conn: &DatabaseConnection, id: TicketTypeId) -> (i32, i64) {
+    let model = ticket_type::Entity::find_by_id(id.0)
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap();
+    (model.sold, model.version)
+}
+
+/// When a sale ends its buyers pay at once. 100 checkouts of holds of two ticket types, with a
+/// second checkout of ten of them, all at once: each hold is sold once, at its request's
+/// instant, with its items and total; a second checkout gets the first's order; the database
+/// sold what the orders say; and the hot row changed in batches, not once per sale. Then five
+/// checkouts at once with a sixth whose hold the journal has ended already (Redis does not know
+/// it): the database refuses that one (HOLD_EXPIRED, no order, its stock not sold), which
+/// rolls a batch back; the five are sold all the same.
+async fn buyers_pay_at_once(db: TestDb) {
+    let limits = Limits::default();
+    let (store, _namespace) = db.redis_store(limits.clone()).await;
+    let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
+    let now = Millis::now();
+    let event = store.create_event("Paying".into(), now).await.unwrap();
+    let ticket_type = |name: &str, price_cents| {
+        let new = NewTicketType::new(event.id, name.into(), price_cents, 300, None, &limits);
+        store.create_ticket_type(new.unwrap(), now)
+    };
+    let a = ticket_type("A", 1500).await.unwrap().unwrap().id;
+    let b = ticket_type("B", 700).await.unwrap().unwrap().id;
+    // Even buyers hold one A and two B, odd buyers one A.
+    let hold = |buyer: usize| {
+        let customer = CustomerId::new(format!("buyer-{buyer}"), &limits).unwrap();
+        let items = if buyer.is_multiple_of(2) {
+            vec![(a, 1), (b, 2)]
+        } else {
+            vec![(a, 1)]
+        };
+        let request = HoldRequest::new(event.id, customer, items, Some(600), None, &limits);
+        store.hold(request.unwrap(), now)
+    };
+    let holds: Vec<Hold> = join_all((0..106).map(hold))
+        .await
+        .into_iter()
+        .map(|made| made.unwrap().unwrap())
+        .collect();
+    let before = (
+        sold_and_version(&conn, a).await,
+        sold_and_version(&conn, b).await,
+    );
+
+    let instant = |i: usize| Millis(now.0 + 1_000 + i as i64);
+    let checkout = |(i, id): (usize, HoldId)| {
+        let request = CheckoutRequest::new(id, format!("pay-{id}"), None, &limits).unwrap();
+        store.checkout(request, instant(i))
+    };
+    let paying = holds[..100].iter().chain(&holds[..10]).map(|hold| hold.id);
+    let checkouts = join_all(paying.enumerate().map(checkout)).await;
+    let orders: Vec<_> = checkouts
+        .iter()
+        .map(|answer| answer.as_ref().unwrap().as_ref().unwrap())
+        .collect();
+    for (i, order) in orders[..100].iter().enumerate() {
+        assert_eq!(order.hold_id, holds[i].id);
+        assert_eq!(order.created_at, instant(i), "the order of hold {i}");
+        assert_eq!(order.payment_reference, format!("pay-{}", holds[i].id));
+        let (mut items, total) = if i.is_multiple_of(2) {
+            (vec![(a, 1), (b, 2)], 2900)
+        } else {
+            (vec![(a, 1)], 1500)
+        };
+        items.sort();
+        let got: Vec<_> = order
+            .items
+            .iter()
+            .map(|it| (it.ticket_type_id, i64::from(it.quantity)))
+            .collect();
+        assert_eq!((got, order.total_cents), (items, total), "order {i}");
+    }
+    for i in 0..10 {
+        assert_eq!(
+            orders[100 + i].id,
+            orders[i].id,
+            "a second checkout of hold {i}"
+        );
+    }
+    let after = (
+        sold_and_version(&conn, a).await,
+        sold_and_version(&conn, b).await,
+    );
+    assert_eq!(
+        (after.0.0, after.1.0),
+        (100, 100),
+        "sold A and B on {}",
+        db.kind()
+    );
+    let changes = (after.0.1 - before.0.1, after.1.1 - before.1.1);
+    assert!(
+        changes.0 < 100 && changes.1 < 50,
+        "{changes:?} changes of the ticket types' rows on {}",
+        db.kind()
+    );
+
+    // The journal has the holds; one of them ends there behind Redis's back.
+    store.journal().flush().await;
+    let ended = holds[105].id;
+    let mut expired: hold::ActiveModel = hold::Entity::find_by_id(ended.0)
+        .one(&conn)
+        .await
+        .unwrap()
+        .expect("journaled")
+        .into();
+    expired.status = Set(HoldStatus::Expired.as_str().to_owned());
+    expired.ended_at = Set(Some(instant(0).0));
+    hold::Entity::update(expired).exec(&conn).await.unwrap();
+    let paying = holds[100..].iter().map(|hold| hold.id);
+    let checkouts = join_all(paying.enumerate().map(|(i, id)| checkout((i + 200, id)))).await;
+    for (i, answer) in checkouts[..5].iter().enumerate() {
+        let order = answer.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(order.hold_id, holds[100 + i].id);
+    }
+    assert!(
+        matches!(checkouts[5], Ok(Err(Rejection::HoldExpired))),
+        "{:?}",
+        checkouts[5]
+    );
+    let orders_of_ended = order::Entity::find()
+        .filter(order::Column::HoldId.eq(ended.0))
+        .count(&conn)
+        .await
+        .unwrap();
+    assert_eq!(orders_of_ended, 0);
+    // Buyers 100, 102 and 104 held two B each.
+    let sold = (
+        sold_and_version(&conn, a).await.0,
+        sold_and_version(&conn, b).await.0,
+    );
+    assert_eq!(sold, (105, 106), "on {}", db.kind());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_pay_at_once_in_the_redis_flow_on_postgres() {
+    buyers_pay_at_once(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_pay_at_once_in_the_redis_flow_on_sqlite() {
+    buyers_pay_at_once(TestDb::sqlite()).await;
+}
+
+/// A checkout whose sale the database does not commit before the pin's deadline (a third of
+/// the pin timeout; here the ticket type's row is locked by another transaction) answers
+/// UNAVAILABLE and gives the hold back in Redis, and that sale never commits: once the row is
+/// free, the next checkout sells the hold with its own payment reference, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_not_committed_by_its_deadline_never_commits() {
+    let db = TestDb::postgres().await;
+    let limits = Limits::default();
+    let namespace = RedisNamespace::new();
+    let settings = RedisSettings {
+        url: redis_url(),
+        namespace: namespace.0.clone(),
+        pin_timeout: Duration::from_millis(300),
+        journal_interval: Duration::from_millis(20),
+        command_timeout: Duration::from_secs(5),
+        cluster: false,
+    };
+    let store = db.redis_store_with(settings, limits.clone()).await;
+    let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
+    let now = Millis::now();
+    let event = store.create_event("Slow".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "GA".into(), 100, 10, None, &limits).unwrap();
+    let ticket_type = store
+        .create_ticket_type(new, now)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let customer = CustomerId::new("buyer".into(), &limits).unwrap();
+    let request =
+        HoldRequest::new(event.id, customer, [(ticket_type, 1)], None, None, &limits).unwrap();
+    let held = store.hold(request, now).await.unwrap().unwrap();
+    let pay = |reference: &str| {
+        let request = CheckoutRequest::new(held.id, reference.into(), None, &limits).unwrap();
+        store.checkout(request, now)
+    };
+
+    let lock = conn.begin().await.unwrap();
+    let sql = "SELECT id FROM ticket_types WHERE id = $1 FOR UPDATE";
+    let values = [ticket_type.0.into()];
+    lock.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
+    .unwrap();
+    let late = pay("pay-1").await;
+    assert!(
+        matches!(&late, Err(StoreError::Unavailable(message)) if message.contains("in time")),
+        "{late:?}"
+    );
+    let given_back = store.get_hold(held.id, now).await.unwrap().unwrap();
+    assert_eq!(given_back.status, HoldStatus::Active);
+    lock.rollback().await.unwrap();
+
+    let order = pay("pay-2").await.unwrap().unwrap();
+    assert_eq!(order.payment_reference, "pay-2", "the late sale committed");
+    assert_eq!(sold_and_version(&conn, ticket_type).await.0, 1);
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}
