@@ -843,12 +843,16 @@ impl HoldStore for RedisStore {
                     return Ok(Err(self.journaled_refusal(id, now).await?));
                 }
             };
-            // Bounded well below the pin timeout, so that the sweep never reconciles a pin whose
-            // transaction may still commit.
-            let deadline = tokio::time::Instant::now() + self.settings.pin_timeout / 3;
-            let sale = self
-                .sales
-                .sell(pinned.clone(), request.clone(), now, deadline);
+            // The sale reaches its commit within a third of the pin timeout, and the commit
+            // answers within two, so that the sweep never reconciles a pin whose transaction
+            // may still commit.
+            let third = self.settings.pin_timeout / 3;
+            let pinned_at = tokio::time::Instant::now();
+            let times = sales::Deadlines {
+                commit_sent: pinned_at + third,
+                committed: pinned_at + 2 * third,
+            };
+            let sale = self.sales.sell(pinned.clone(), request.clone(), now, times);
             let sold = sale.await;
             let order = match sold {
                 Ok(Ok(order)) => order,

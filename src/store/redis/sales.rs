@@ -1,8 +1,8 @@
 //! Group commit of the Redis flow's sales. A checkout pins its hold in Redis, then sells it in
 //! the database: journals the hold as confirmed, writes the order and raises the ticket type's
-//! `sold` if `sold + held + quantity <= capacity` still holds there. When a sale ends, its buyers
-//! pay at once, and one transaction each would lock the hot ticket type row from its sale to its
-//! commit (a disk flush) while the others queue for it, as in the naive database flow.
+//! `sold` if `sold + held + quantity <= capacity` still holds there. When a flash sale ends, its
+//! buyers pay at once, and one transaction each would lock the hot ticket type row from its sale
+//! to its commit (a disk flush) while the others queue for it, as in the naive database flow.
 //!
 //! Concurrent sales queue here instead; one task takes every one waiting and sells them in one
 //! transaction: the journal rows of their holds (ascending id), their orders, then each ticket
@@ -11,15 +11,19 @@
 //! allowed a hold the database cannot sell) it is rolled back, and each sale runs again in a
 //! transaction of its own, which answers exactly as before batching.
 //!
-//! Each sale carries the deadline of its pin: after it the checkout gives the hold back in
-//! Redis, so no transaction may commit it later. A batch runs under the earliest deadline of
-//! its sales (dropped at it, so rolled back), and a sale taken late is not run at all.
+//! Each sale carries two instants from its checkout. By the first, its transaction must have
+//! reached its commit; if not, it is rolled back, the checkout answers UNAVAILABLE and gives the
+//! hold back in Redis. A commit under way then is waited for until the second (so that the
+//! checkout is not told "too late" about a sale that commits a moment later), still well
+//! before the sweep reconciles a pin left behind; a commit unanswered even then is reported as
+//! unknown, and the checkout looks for the order. A batch runs under the earliest instants of
+//! its sales, and a sale taken after its first instant is not run at all.
 
 use std::collections::BTreeMap;
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
 
 use super::journal;
 use crate::domain::{CheckoutRequest, Hold, HoldStatus, Millis, Order, Rejection, TicketTypeId};
@@ -38,9 +42,25 @@ struct Job {
     hold: Hold,
     request: CheckoutRequest,
     now: Millis,
-    /// The sale is not committed after it.
-    deadline: Instant,
+    times: Deadlines,
     reply: oneshot::Sender<StoreResult<Outcome<Order>>>,
+}
+
+/// When a sale must have reached its commit, and when that commit must have answered.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub commit_sent: Instant,
+    pub committed: Instant,
+}
+
+impl Deadlines {
+    /// The earliest of each, for a batch.
+    fn earliest(jobs: &[Job]) -> Option<Deadlines> {
+        Some(Deadlines {
+            commit_sent: jobs.iter().map(|job| job.times.commit_sent).min()?,
+            committed: jobs.iter().map(|job| job.times.committed).min()?,
+        })
+    }
 }
 
 /// The queue of sales; its task runs until the queue is dropped.
@@ -58,20 +78,21 @@ impl Sales {
 
     /// Sells the pinned `hold` with whatever else is queued: its order, or `SoldOut` if the
     /// database disagrees with Redis, `HoldExpired` if the journal ended the hold already.
-    /// UNAVAILABLE when `deadline` came first: nothing of this sale is committed then (unless
-    /// its commit had been sent: the caller looks for the order).
+    /// UNAVAILABLE when the sale did not reach its commit by `times.commit_sent` (then it is
+    /// not committed), or its commit failed or did not answer by `times.committed` (then it may
+    /// be: the caller looks for the order).
     pub async fn sell(
         &self,
         hold: Hold,
         request: CheckoutRequest,
         now: Millis,
-        deadline: Instant,
+        times: Deadlines,
     ) -> StoreResult<Outcome<Order>> {
         let job = |reply| Job {
             hold,
             request,
             now,
-            deadline,
+            times,
             reply,
         };
         crate::store::ask(&self.sender, TASK, job).await
@@ -86,44 +107,41 @@ async fn run(db: DatabaseConnection, receiver: mpsc::Receiver<Job>) {
 async fn write(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Job>) {
     while let Some(jobs) = crate::store::next_batch(receiver, BATCH_MAX).await {
         let taken = Instant::now();
-        let (jobs, late): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > taken);
+        let (jobs, late): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|job| job.times.commit_sent > taken);
         for job in late {
             job.reply.send(Err(too_late())).ok();
         }
-        let Some(deadline) = jobs.iter().map(|job| job.deadline).min() else {
+        let Some(times) = Deadlines::earliest(&jobs) else {
             continue;
         };
-        match tokio::time::timeout_at(deadline, together(db, &jobs)).await {
-            Ok(Ok(orders)) => {
+        match together(db, &jobs, times).await {
+            Ok(orders) => {
                 for (job, order) in jobs.into_iter().zip(orders) {
                     job.reply.send(Ok(Ok(order))).ok();
                 }
             }
             // Nothing was committed: each sale in a transaction of its own.
-            Ok(Err(Failed::BeforeCommit(why))) => {
+            Err(Failed::BeforeCommit(why)) => {
                 if jobs.len() > 1 {
                     tracing::info!(%why, jobs = jobs.len(), "a batch of sales was rolled back; selling them one by one");
                 }
                 for job in jobs {
-                    let sold = tokio::time::timeout_at(job.deadline, alone(db, &job)).await;
-                    job.reply
-                        .send(sold.unwrap_or_else(|_| Err(too_late())))
-                        .ok();
+                    let sold = alone(db, &job).await;
+                    job.reply.send(sold).ok();
+                }
+            }
+            Err(Failed::Late) => {
+                for job in jobs {
+                    job.reply.send(Err(too_late())).ok();
                 }
             }
             // The commit may or may not have happened: the askers look for their orders.
-            Ok(Err(Failed::AtCommit(error))) => {
+            Err(Failed::AtCommit(error)) => {
                 tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "committing a batch of sales failed");
                 for job in jobs {
-                    let message = "the outcome of the sale is unknown";
-                    job.reply
-                        .send(Err(StoreError::Unavailable(message.into())))
-                        .ok();
-                }
-            }
-            Err(_) => {
-                for job in jobs {
-                    job.reply.send(Err(too_late())).ok();
+                    job.reply.send(Err(unknown())).ok();
                 }
             }
         }
@@ -134,10 +152,16 @@ fn too_late() -> StoreError {
     StoreError::Unavailable("the database did not answer in time".into())
 }
 
+fn unknown() -> StoreError {
+    StoreError::Unavailable("the outcome of the sale is unknown".into())
+}
+
 /// How a batch failed.
 enum Failed {
     /// Rolled back, for the reason given (an error, or the database disagreeing about a sale).
     BeforeCommit(String),
+    /// Rolled back: the commit was not reached in time.
+    Late,
     AtCommit(StoreError),
 }
 
@@ -149,17 +173,36 @@ impl From<StoreError> for Failed {
 
 /// Every sale in one transaction, committed, or rolled back as a whole: the orders, in the
 /// order of `jobs`.
-async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Order>, Failed> {
-    let txn = db.begin().await.map_err(StoreError::from)?;
-    match sell_all(&txn, jobs).await {
-        Ok(orders) => match txn.commit().await {
-            Ok(()) => Ok(orders),
-            Err(error) => Err(Failed::AtCommit(error.into())),
-        },
+async fn together(
+    db: &DatabaseConnection,
+    jobs: &[Job],
+    times: Deadlines,
+) -> Result<Vec<Order>, Failed> {
+    let txn = timeout_at(times.commit_sent, db.begin())
+        .await
+        .map_err(|_| Failed::Late)?
+        .map_err(StoreError::from)?;
+    // Dropped unfinished when late, the transaction is rolled back.
+    let sold = timeout_at(times.commit_sent, sell_all(&txn, jobs)).await;
+    match sold.map_err(|_| Failed::Late)? {
+        Ok(orders) => commit(txn, times.committed)
+            .await
+            .map(|()| orders)
+            .map_err(Failed::AtCommit),
         Err(failed) => {
             txn.rollback().await.ok();
             Err(failed)
         }
+    }
+}
+
+/// Commits `txn`, waiting for the answer until `by`.
+async fn commit(txn: DatabaseTransaction, by: Instant) -> StoreResult<()> {
+    match timeout_at(by, txn.commit()).await {
+        Ok(committed) => Ok(committed?),
+        Err(_) => Err(StoreError::Unavailable(
+            "the database did not answer the commit in time".into(),
+        )),
     }
 }
 
@@ -200,10 +243,14 @@ async fn sell_all(txn: &DatabaseTransaction, jobs: &[Job]) -> Result<Vec<Order>,
 
 /// One sale in a transaction of its own: its order, or why the database refuses it.
 async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Outcome<Order>> {
-    let txn = db.begin().await?;
-    match sell_in(&txn, job).await {
+    let by = job.times.commit_sent;
+    let txn = timeout_at(by, db.begin()).await.map_err(|_| too_late())??;
+    match timeout_at(by, sell_in(&txn, job))
+        .await
+        .map_err(|_| too_late())?
+    {
         Ok(Ok(order)) => {
-            txn.commit().await?;
+            commit(txn, job.times.committed).await?;
             Ok(Ok(order))
         }
         Ok(Err(rejection)) => {
