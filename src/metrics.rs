@@ -7,7 +7,7 @@
 //! follows every change of the deployment, so aggregate `tickethold_holds_expired_total`
 //! across instances with `max`, not `sum`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -16,6 +16,21 @@ use prometheus::{
 };
 
 use crate::domain::{Hold, HoldStatus};
+
+/// Panics of background tasks (see `crate::supervise`), by task. Process-wide, since the tasks
+/// are not one server's; every server's registry serves it.
+static TASK_PANICS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "task_panics_total",
+        "Background tasks that panicked and were started again.",
+    );
+    IntCounterVec::new(opts, &["task"]).expect("a valid counter")
+});
+
+/// Counts a panic of the background task `task`.
+pub fn count_task_panic(task: &str) {
+    TASK_PANICS.with_label_values(&[task]).inc();
+}
 
 /// The service's metrics, in a registry of their own (tests run several servers in one
 /// process). Cheap to clone: one reference count (each metric is one of its own).
@@ -93,6 +108,7 @@ impl Metrics {
             Box::new(expiry_lag.clone()),
             Box::new(subscriptions_active.clone()),
             Box::new(request_duration.clone()),
+            Box::new(TASK_PANICS.clone()),
         ] {
             registry
                 .register(collector)

@@ -4,6 +4,7 @@
 //! later hold would fail until the process restarted. A task that panics is logged and started
 //! again, keeping only what it was given to keep (its request queue): the requests of the batch
 //! in hand fail (their askers learn that the outcome is unknown), the next batch is served.
+//! Panics are counted at `/metrics` (`tickethold_task_panics_total{task}`).
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -29,6 +30,7 @@ pub async fn restarting<K>(
             Ok(()) => return,
             Err(panic) => {
                 let panic = message_of(panic.as_ref());
+                crate::metrics::count_task_panic(name);
                 tracing::error!(
                     task = name,
                     panic,
@@ -79,6 +81,11 @@ mod tests {
         })
         .await;
         assert_eq!(runs, 3);
+        let served = crate::metrics::Metrics::new().render();
+        assert!(
+            served.contains("tickethold_task_panics_total{task=\"counter\"} 2"),
+            "{served}"
+        );
     }
 
     struct Job {
