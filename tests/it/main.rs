@@ -15,4 +15,5 @@ mod model;
 mod redis_flow;
 mod redis_sales;
 mod schema;
+mod startup;
 mod support;

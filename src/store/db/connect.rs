@@ -16,7 +16,8 @@ use sea_orm::{
 /// How long opening a connection, or waiting for one from a pool, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`) and runs the migrations.
+/// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`) and runs the migrations
+/// (on PostgreSQL under an advisory lock, so that instances starting at once take turns).
 ///
 /// SQLite runs in WAL mode with `synchronous=NORMAL`: a committed transaction survives a crash
 /// of the process (what "acknowledged" promises here); only a power loss can take the last
@@ -29,8 +30,59 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// server, under 50 ms with the pool warm).
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let db = pool(url, max_connections).await?;
-    Migrator::up(&db, None).await?;
+    if db.get_database_backend() != DbBackend::Postgres {
+        Migrator::up(&db, None).await?;
+        return Ok(db);
+    }
+    // Instances started at once (a deployment scaled out, or rolled to a new version) would
+    // each see the same migrations pending and race to apply them: one at a time instead.
+    let mut lock = session(&db.get_postgres_connection_pool().connect_options()).await?;
+    let migrated = match take_migration_lock(&mut lock).await {
+        Ok(()) => Migrator::up(&db, None).await,
+        Err(error) => Err(error),
+    };
+    // Closing the session releases the lock.
+    lock.close().await.ok();
+    migrated?;
     Ok(db)
+}
+
+/// The advisory lock that PostgreSQL migrations run under ("ticketho" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7469_636b_6574_686f;
+
+/// How often an instance asks again for the migration lock that another holds.
+const MIGRATION_LOCK_RETRY: Duration = Duration::from_millis(50);
+
+/// Takes the migration lock on `session`, waiting while another instance migrates. It asks
+/// again and again rather than wait in `pg_advisory_lock`: a statement waiting there holds a
+/// snapshot, which a `CREATE INDEX CONCURRENTLY` of the migrations in progress would wait for
+/// in turn, for ever (the test of instances starting at once hung so).
+async fn take_migration_lock(session: &mut PgConnection) -> Result<(), DbErr> {
+    let mut waiting = false;
+    loop {
+        let taken: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *session)
+            .await
+            .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?;
+        if taken {
+            return Ok(());
+        }
+        if !waiting {
+            tracing::info!("another instance is migrating the database; waiting for it");
+            waiting = true;
+        }
+        tokio::time::sleep(MIGRATION_LOCK_RETRY).await;
+    }
+}
+
+/// A PostgreSQL connection of its own, outside any pool.
+async fn session(options: &PgConnectOptions) -> Result<PgConnection, DbErr> {
+    let connecting = PgConnection::connect_with(options);
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| DbErr::Custom("connecting to PostgreSQL timed out".into()))?;
+    connected.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))
 }
 
 /// Connections to the database at `url` (`max_connections` of PostgreSQL, one of SQLite),
@@ -157,13 +209,7 @@ impl Kept {
                 }
             }
         }
-        let connecting = PgConnection::connect_with(&self.options);
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| DbErr::Custom("connecting to PostgreSQL timed out".into()))?;
-        let connection = self
-            .connection
-            .insert(connected.map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?);
+        let connection = self.connection.insert(session(&self.options).await?);
         match query().fetch_all(&mut *connection).await {
             Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
             Err(error) => {
