@@ -181,7 +181,8 @@ async fn a_sale_not_committed_by_its_deadline_never_commits() {
     let settings = RedisSettings {
         url: redis_url(),
         namespace: namespace.0.clone(),
-        pin_timeout: Duration::from_millis(300),
+        // A deadline of half a second: short for a test, long for the sale after it.
+        pin_timeout: Duration::from_millis(1500),
         journal_interval: Duration::from_millis(20),
         command_timeout: Duration::from_secs(5),
         cluster: false,
