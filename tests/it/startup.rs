@@ -11,12 +11,12 @@ use crate::support::TestDb;
 async fn instances_starting_at_once_migrate_the_database_once() {
     let db = TestDb::postgres().await;
     let starting = (0..8).map(|_| tickethold::store::db::connect(db.url(), 1));
-    let started = join_all(starting).await;
-    let conn = started
+    let started: Vec<_> = join_all(starting)
+        .await
         .into_iter()
         .map(|started| started.expect("every instance starts"))
-        .next()
-        .unwrap();
+        .collect();
+    let conn = &started[0];
     let sql =
         "SELECT version, count(*) AS n FROM seaql_migrations GROUP BY version HAVING count(*) > 1";
     let twice = conn

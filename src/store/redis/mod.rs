@@ -852,8 +852,7 @@ impl HoldStore for RedisStore {
                 commit_sent: pinned_at + third,
                 committed: pinned_at + 2 * third,
             };
-            let sale = self.sales.sell(pinned.clone(), request.clone(), now, times);
-            let sold = sale.await;
+            let sold = self.sales.sell(pinned, request, now, times).await;
             let order = match sold {
                 Ok(Ok(order)) => order,
                 Ok(Err(rejection)) => {
