@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use tickethold::domain::{
-    CheckoutRequest, CustomerId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
+    CheckoutRequest, CustomerId, EventId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
     NewTicketType, Order, Rejection, TicketTypeId,
 };
 use tickethold::events::{Change, Topic};
@@ -532,24 +532,14 @@ async fn buyers_pay_and_give_up_at_once(db: TestDb) {
     let limits = Limits::default();
     let (store, bus) = db.store(limits.clone()).await;
     let now = Millis::now();
-    let event = store.create_event("Ending".into(), now).await.unwrap();
-    let ticket_type = |name: &str, price_cents| {
-        let new = NewTicketType::new(event.id, name.into(), price_cents, 300, None, &limits);
-        store.create_ticket_type(new.unwrap(), now)
-    };
-    let a = ticket_type("A", 1500).await.unwrap().unwrap().id;
-    let b = ticket_type("B", 700).await.unwrap().unwrap().id;
-    // Even buyers hold one A and two B, odd buyers one A; every third has an idempotency key.
+    let (event, (a, b)) = event_of_two_types(&*store, "Ending", &limits, now).await;
+    // Every third buyer has an idempotency key.
     let hold = |buyer: usize, ttl_secs: i64| {
         let customer = CustomerId::new(format!("buyer-{buyer}"), &limits).unwrap();
-        let items = if buyer.is_multiple_of(2) {
-            vec![(a, 1), (b, 2)]
-        } else {
-            vec![(a, 1)]
-        };
+        let items = items_of(buyer, (a, b));
         let key = buyer.is_multiple_of(3).then(|| format!("cart-{buyer}"));
         let request =
-            HoldRequest::new(event.id, customer, items, Some(ttl_secs), key, &limits).unwrap();
+            HoldRequest::new(event, customer, items, Some(ttl_secs), key, &limits).unwrap();
         store.hold(request, now)
     };
     let made: Vec<Hold> = join_all((0..201).map(|i| hold(i, 600)))
@@ -692,19 +682,46 @@ async fn buyers_pay_and_give_up_at_once(db: TestDb) {
     );
 }
 
-/// The items and total of buyer `buyer`'s order, where even buyers hold one A (15.00) and two
-/// B (7.00 each), odd buyers one A.
+/// An event named `name` with two ticket types of 300, A at 15.00 and B at 7.00, for buyers
+/// who pay at once.
+pub(crate) async fn event_of_two_types(
+    store: &impl HoldStore,
+    name: &str,
+    limits: &Limits,
+    now: Millis,
+) -> (EventId, (TicketTypeId, TicketTypeId)) {
+    let event = store.create_event(name.into(), now).await.unwrap().id;
+    let mut types = Vec::new();
+    for (name, price_cents) in [("A", 1500), ("B", 700)] {
+        let new = NewTicketType::new(event, name.into(), price_cents, 300, None, limits);
+        let created = store.create_ticket_type(new.unwrap(), now).await;
+        types.push(created.unwrap().unwrap().id);
+    }
+    (event, (types[0], types[1]))
+}
+
+/// What buyer `buyer` holds of the ticket types of `event_of_two_types`: even buyers one A and
+/// two B, odd buyers one A.
+pub(crate) fn items_of(
+    buyer: usize,
+    (a, b): (TicketTypeId, TicketTypeId),
+) -> Vec<(TicketTypeId, i64)> {
+    if buyer.is_multiple_of(2) {
+        vec![(a, 1), (b, 2)]
+    } else {
+        vec![(a, 1)]
+    }
+}
+
+/// The items and total of buyer `buyer`'s order (see `items_of`).
 pub(crate) fn assert_paid_as_held(
     order: &Order,
     buyer: usize,
-    (a, b): (TicketTypeId, TicketTypeId),
+    types: (TicketTypeId, TicketTypeId),
 ) {
-    let (mut items, total) = if buyer.is_multiple_of(2) {
-        (vec![(a, 1), (b, 2)], 2900)
-    } else {
-        (vec![(a, 1)], 1500)
-    };
+    let mut items = items_of(buyer, types);
     items.sort();
+    let total = if buyer.is_multiple_of(2) { 2900 } else { 1500 };
     let got: Vec<_> = order
         .items
         .iter()

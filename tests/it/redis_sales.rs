@@ -17,7 +17,7 @@ use tickethold::domain::{
 use tickethold::store::redis::RedisSettings;
 use tickethold::store::{HoldStore, StoreError};
 
-use crate::contention::assert_paid_as_held;
+use crate::contention::{assert_paid_as_held, event_of_two_types, items_of};
 use crate::support::db::redis_url;
 use crate::support::{RedisNamespace, TestDb};
 
@@ -43,22 +43,11 @@ async fn buyers_pay_at_once(db: TestDb) {
     let (store, _namespace) = db.redis_store(limits.clone()).await;
     let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
     let now = Millis::now();
-    let event = store.create_event("Paying".into(), now).await.unwrap();
-    let ticket_type = |name: &str, price_cents| {
-        let new = NewTicketType::new(event.id, name.into(), price_cents, 300, None, &limits);
-        store.create_ticket_type(new.unwrap(), now)
-    };
-    let a = ticket_type("A", 1500).await.unwrap().unwrap().id;
-    let b = ticket_type("B", 700).await.unwrap().unwrap().id;
-    // Even buyers hold one A and two B, odd buyers one A.
+    let (event, (a, b)) = event_of_two_types(&*store, "Paying", &limits, now).await;
     let hold = |buyer: usize| {
         let customer = CustomerId::new(format!("buyer-{buyer}"), &limits).unwrap();
-        let items = if buyer.is_multiple_of(2) {
-            vec![(a, 1), (b, 2)]
-        } else {
-            vec![(a, 1)]
-        };
-        let request = HoldRequest::new(event.id, customer, items, Some(600), None, &limits);
+        let items = items_of(buyer, (a, b));
+        let request = HoldRequest::new(event, customer, items, Some(600), None, &limits);
         store.hold(request.unwrap(), now)
     };
     let holds: Vec<Hold> = join_all((0..106).map(hold))
