@@ -184,16 +184,16 @@ async fn together(
         .map_err(StoreError::from)?;
     // Dropped unfinished when late, the transaction is rolled back.
     let sold = timeout_at(times.commit_sent, sell_all(&txn, jobs)).await;
-    match sold.map_err(|_| Failed::Late)? {
-        Ok(orders) => commit(txn, times.committed)
-            .await
-            .map(|()| orders)
-            .map_err(Failed::AtCommit),
-        Err(failed) => {
-            txn.rollback().await.ok();
-            Err(failed)
+    let why = match sold.map_err(|_| Failed::Late)? {
+        Ok(Ok(orders)) => {
+            let committed = commit(txn, times.committed).await;
+            return committed.map(|()| orders).map_err(Failed::AtCommit);
         }
-    }
+        Ok(Err(rejection)) => format!("the database refuses a sale of the batch: {rejection:?}"),
+        Err(error) => crate::error_chain(&error).to_string(),
+    };
+    txn.rollback().await.ok();
+    Err(Failed::BeforeCommit(why))
 }
 
 /// Commits `txn`, waiting for the answer until `by`.
@@ -206,24 +206,23 @@ async fn commit(txn: DatabaseTransaction, by: Instant) -> StoreResult<()> {
     }
 }
 
-/// Every sale of `jobs` inside `txn` (not committed), or the reason why not all of them.
-async fn sell_all(txn: &DatabaseTransaction, jobs: &[Job]) -> Result<Vec<Order>, Failed> {
+/// Every sale of `jobs` inside `txn` (not committed): the orders, in the order of `jobs`, or
+/// why the database refuses one of them (`HoldExpired`: the journal ended a hold already, a pin
+/// reconciled away and then an expiry; `SoldOut`: Redis allowed what the database cannot sell).
+async fn sell_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Outcome<Vec<Order>>> {
     let confirmed: Vec<journal::Entry> = jobs
         .iter()
         .map(|job| (confirmed(&job.hold, job.now), 0))
         .collect();
-    let written = journal::upsert(txn, &confirmed).await?;
-    if written != jobs.len() as u64 {
-        return Err(Failed::BeforeCommit(
-            "the journal has ended a hold of the batch already".into(),
-        ));
+    if journal::upsert(txn, &confirmed).await? != jobs.len() as u64 {
+        return Ok(Err(Rejection::HoldExpired));
     }
     let sales: Vec<(&Hold, &CheckoutRequest, Millis)> = jobs
         .iter()
         .map(|job| (&job.hold, &job.request, job.now))
         .collect();
-    // A second order of a hold breaks the unique index: the batch is rolled back, and the
-    // sale alone finds the first order.
+    // A second order of a hold breaks the unique index: a batch is rolled back, and the sale
+    // alone finds the first order.
     let orders = queries::insert_orders(txn, &sales).await?;
     // The ticket types last, since their rows (hot in a flash sale) stay locked until the
     // commit; ascending, as every writer locks them.
@@ -233,23 +232,23 @@ async fn sell_all(txn: &DatabaseTransaction, jobs: &[Job]) -> Result<Vec<Order>,
     }
     for (id, quantity) in sold {
         if let Err(rejection) = queries::sell_double_checked(txn, id, quantity).await? {
-            return Err(Failed::BeforeCommit(format!(
-                "the database cannot sell what Redis held: {rejection:?}"
-            )));
+            return Ok(Err(rejection));
         }
     }
-    Ok(orders)
+    Ok(Ok(orders))
 }
 
 /// One sale in a transaction of its own: its order, or why the database refuses it.
 async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Outcome<Order>> {
     let by = job.times.commit_sent;
     let txn = timeout_at(by, db.begin()).await.map_err(|_| too_late())??;
-    match timeout_at(by, sell_in(&txn, job))
-        .await
-        .map_err(|_| too_late())?
-    {
-        Ok(Ok(order)) => {
+    let sold = timeout_at(by, sell_all(&txn, std::slice::from_ref(job))).await;
+    match sold.map_err(|_| too_late())? {
+        Ok(Ok(orders)) => {
+            // One order per sale (an error drops the transaction, which rolls it back).
+            let [order]: [Order; 1] = orders.try_into().map_err(|_| {
+                StoreError::Invariant(format!("no order written for hold {}", job.hold.id))
+            })?;
             commit(txn, job.times.committed).await?;
             Ok(Ok(order))
         }
@@ -268,25 +267,6 @@ async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Outcome<Order>
             Err(error)
         }
     }
-}
-
-/// Inside a sale's own transaction: journals the hold as confirmed, writes the order, and sells
-/// its stock if the database agrees it exists; the sale last, since it locks the ticket types'
-/// rows until the commit.
-async fn sell_in(txn: &DatabaseTransaction, job: &Job) -> StoreResult<Outcome<Order>> {
-    if journal::upsert(txn, &[(confirmed(&job.hold, job.now), 0)]).await? != 1 {
-        // The journal already ended this hold (a pin reconciled away, then an expiry): no sale.
-        return Ok(Err(Rejection::HoldExpired));
-    }
-    let order = queries::insert_order(txn, &job.hold, &job.request, job.now).await?;
-    for item in &job.hold.items {
-        if let Err(rejection) =
-            queries::sell_double_checked(txn, item.ticket_type_id, item.quantity as i32).await?
-        {
-            return Ok(Err(rejection));
-        }
-    }
-    Ok(Ok(order))
 }
 
 /// `hold` as its sale ends it, at `now`.
