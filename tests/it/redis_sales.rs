@@ -2,20 +2,22 @@
 //! the hold as confirmed, writes its order and double-checks the stock; concurrent sales commit
 //! together, and none commits after its pin's deadline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use entity::{hold, order, ticket_type};
 use futures::future::join_all;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, PaginatorTrait, QueryFilter, Statement, TransactionTrait,
 };
 use tickethold::domain::{
-    CheckoutRequest, CustomerId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
-    NewTicketType, Rejection, TicketTypeId,
+    CheckoutRequest, CustomerId, EventId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
+    NewTicketType, Order, Rejection, TicketTypeId,
 };
-use tickethold::store::redis::RedisSettings;
-use tickethold::store::{HoldStore, StoreError};
+use tickethold::store::redis::{RedisSettings, RedisStore};
+use tickethold::store::{HoldStore, Outcome, StoreError, StoreResult};
+use tokio::task::JoinHandle;
 
 use crate::contention::{assert_paid_as_held, event_of_two_types, items_of};
 use crate::support::db::redis_url;
@@ -148,65 +150,155 @@ async fn buyers_pay_at_once_in_the_redis_flow_on_sqlite() {
     buyers_pay_at_once(TestDb::sqlite()).await;
 }
 
+/// The Redis flow on a fresh PostgreSQL database, with pins that time out after 1.5 s (the
+/// sale's deadlines at a half and one second), a ticket type of 100 and two connections
+/// of the test's own.
+struct Slow {
+    _db: TestDb,
+    _namespace: RedisNamespace,
+    store: Arc<RedisStore>,
+    conn: DatabaseConnection,
+    limits: Limits,
+    event: EventId,
+    ticket_type: TicketTypeId,
+    now: Millis,
+}
+
+impl Slow {
+    async fn new() -> Slow {
+        let db = TestDb::postgres().await;
+        let limits = Limits::default();
+        let namespace = RedisNamespace::new();
+        let settings = RedisSettings {
+            url: redis_url(),
+            namespace: namespace.0.clone(),
+            // Deadlines of half a second and a second: short for a test, long for a sale.
+            pin_timeout: Duration::from_millis(1500),
+            journal_interval: Duration::from_millis(20),
+            command_timeout: Duration::from_secs(5),
+            cluster: false,
+        };
+        let store = db.redis_store_with(settings, limits.clone()).await;
+        let conn = tickethold::store::db::connect(db.url(), 2).await.unwrap();
+        let now = Millis::now();
+        let event = store.create_event("Slow".into(), now).await.unwrap().id;
+        let new = NewTicketType::new(event, "GA".into(), 100, 10, None, &limits).unwrap();
+        let created = store.create_ticket_type(new, now).await.unwrap();
+        Slow {
+            _db: db,
+            _namespace: namespace,
+            store,
+            conn,
+            limits,
+            event,
+            ticket_type: created.unwrap().id,
+            now,
+        }
+    }
+
+    async fn hold(&self, customer: &str) -> Hold {
+        let customer = CustomerId::new(customer.into(), &self.limits).unwrap();
+        let items = [(self.ticket_type, 1)];
+        let request = HoldRequest::new(self.event, customer, items, None, None, &self.limits);
+        let held = self.store.hold(request.unwrap(), self.now).await.unwrap();
+        held.unwrap()
+    }
+
+    /// The checkout of `hold`, as a task of its own.
+    fn pay(&self, hold: HoldId, reference: &str) -> JoinHandle<StoreResult<Outcome<Order>>> {
+        let request = CheckoutRequest::new(hold, reference.into(), None, &self.limits).unwrap();
+        let (store, now) = (self.store.clone(), self.now);
+        tokio::spawn(async move { store.checkout(request, now).await })
+    }
+
+    /// A transaction of the test's own that has run `sql` (with `values`).
+    async fn locking(&self, sql: &str, values: Vec<sea_orm::Value>) -> DatabaseTransaction {
+        let lock = self.conn.begin().await.unwrap();
+        let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+        lock.execute_raw(statement).await.unwrap();
+        lock
+    }
+
+    async fn status(&self, hold: HoldId) -> HoldStatus {
+        let hold = self.store.get_hold(hold, self.now).await.unwrap();
+        hold.unwrap().status
+    }
+}
+
 /// A checkout whose sale the database does not commit before the pin's deadline (a third of
 /// the pin timeout; here the ticket type's row is locked by another transaction) answers
 /// UNAVAILABLE and gives the hold back in Redis, and that sale never commits: once the row is
 /// free, the next checkout sells the hold with its own payment reference, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_not_committed_by_its_deadline_never_commits() {
-    let db = TestDb::postgres().await;
-    let limits = Limits::default();
-    let namespace = RedisNamespace::new();
-    let settings = RedisSettings {
-        url: redis_url(),
-        namespace: namespace.0.clone(),
-        // A deadline of half a second: short for a test, long for the sale after it.
-        pin_timeout: Duration::from_millis(1500),
-        journal_interval: Duration::from_millis(20),
-        command_timeout: Duration::from_secs(5),
-        cluster: false,
-    };
-    let store = db.redis_store_with(settings, limits.clone()).await;
-    let conn = tickethold::store::db::connect(db.url(), 1).await.unwrap();
-    let now = Millis::now();
-    let event = store.create_event("Slow".into(), now).await.unwrap();
-    let new = NewTicketType::new(event.id, "GA".into(), 100, 10, None, &limits).unwrap();
-    let ticket_type = store
-        .create_ticket_type(new, now)
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
-    let customer = CustomerId::new("buyer".into(), &limits).unwrap();
-    let request =
-        HoldRequest::new(event.id, customer, [(ticket_type, 1)], None, None, &limits).unwrap();
-    let held = store.hold(request, now).await.unwrap().unwrap();
-    let pay = |reference: &str| {
-        let request = CheckoutRequest::new(held.id, reference.into(), None, &limits).unwrap();
-        store.checkout(request, now)
-    };
+    let slow = Slow::new().await;
+    let held = slow.hold("buyer").await;
 
-    let lock = conn.begin().await.unwrap();
     let sql = "SELECT id FROM ticket_types WHERE id = $1 FOR UPDATE";
-    let values = [ticket_type.0.into()];
-    lock.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        values,
-    ))
-    .await
-    .unwrap();
-    let late = pay("pay-1").await;
+    let lock = slow.locking(sql, vec![slow.ticket_type.0.into()]).await;
+    let late = slow.pay(held.id, "pay-1").await.unwrap();
     assert!(
         matches!(&late, Err(StoreError::Unavailable(message)) if message.contains("in time")),
         "{late:?}"
     );
-    let given_back = store.get_hold(held.id, now).await.unwrap().unwrap();
-    assert_eq!(given_back.status, HoldStatus::Active);
+    assert_eq!(slow.status(held.id).await, HoldStatus::Active);
     lock.rollback().await.unwrap();
 
-    let order = pay("pay-2").await.unwrap().unwrap();
+    let order = slow.pay(held.id, "pay-2").await.unwrap().unwrap().unwrap();
     assert_eq!(order.payment_reference, "pay-2", "the late sale committed");
-    assert_eq!(sold_and_version(&conn, ticket_type).await.0, 1);
-    assert_eq!(store.verify().await.unwrap(), vec![]);
+    assert_eq!(sold_and_version(&slow.conn, slow.ticket_type).await.0, 1);
+    assert_eq!(slow.store.verify().await.unwrap(), vec![]);
+}
+
+/// A sale whose commit outlasts its deadlines (here a deferred trigger waits, at the commit,
+/// for a lock the test holds) may still commit, so its hold stays pinned until the sale has
+/// ended either way. A commit that ends while its checkout waits: the checkout answers its
+/// order. One that outlasts the pin timeout too: the checkout answers UNAVAILABLE, and the hold
+/// is neither expired nor given back by the sweep while the commit hangs; once it lands, the
+/// sweep finishes the checkout (the hold confirmed, its ticket sold once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_whose_commit_outlasts_its_deadlines_is_settled_before_its_hold_moves() {
+    let slow = Slow::new().await;
+    for sql in [
+        "CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT ON orders \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_at_commit()",
+    ] {
+        slow.conn.execute_unprepared(sql).await.unwrap();
+    }
+    let gate = "SELECT pg_advisory_xact_lock(4242)";
+
+    let first = slow.hold("first").await;
+    let lock = slow.locking(gate, vec![]).await;
+    let paying = slow.pay(first.id, "pay-first");
+    // Past the sale's deadline for its commit (a second from the pin), before the pin timeout.
+    let past_deadlines = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while tokio::time::Instant::now() < past_deadlines && !paying.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.rollback().await.unwrap();
+    let order = paying.await.unwrap();
+    assert_eq!(order.unwrap().unwrap().payment_reference, "pay-first");
+    assert_eq!(slow.status(first.id).await, HoldStatus::Confirmed);
+
+    let second = slow.hold("second").await;
+    let lock = slow.locking(gate, vec![]).await;
+    let unknown = slow.pay(second.id, "pay-second").await.unwrap();
+    assert!(
+        matches!(unknown, Err(StoreError::Unavailable(_))),
+        "{unknown:?}"
+    );
+    let long_after = slow.now + Millis(3_600_000);
+    let expired = slow.store.expire_due(long_after, 100).await.unwrap();
+    assert_eq!(expired, vec![], "a hold whose sale may commit expired");
+    assert_eq!(slow.status(second.id).await, HoldStatus::Active);
+    lock.rollback().await.unwrap();
+    let expired = slow.store.expire_due(long_after, 100).await.unwrap();
+    assert_eq!(expired, vec![], "a sold hold expired");
+    assert_eq!(slow.status(second.id).await, HoldStatus::Confirmed);
+    let order = slow.store.order_of_hold(second.id).await.unwrap().unwrap();
+    assert_eq!(order.payment_reference, "pay-second");
+    assert_eq!(sold_and_version(&slow.conn, slow.ticket_type).await.0, 2);
+    assert_eq!(slow.store.verify().await.unwrap(), vec![]);
 }

@@ -34,17 +34,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use entity::{hold, order, order_item, ticket_type};
+use futures::StreamExt;
 use redis::Value;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QuerySelect, TransactionTrait,
 };
 use uuid::Uuid;
 
 pub use self::conn::{Conn, Topology};
 pub use self::journal::Journal;
 use self::keys_lookup::KeysLookup;
-use self::sales::Sales;
+use self::sales::{Sale, Sales};
 pub use self::scripts::Keys;
 use self::scripts::{Scripts, array, hold_of, items_text, revision_of, string, strings};
 use super::db::{convert, queries};
@@ -79,6 +80,8 @@ const RETENTION: Duration = Duration::from_secs(24 * 3600);
 const EVENTS_REFRESH: Duration = Duration::from_secs(1);
 /// How long a checkout waits for another checkout of the same hold to finish.
 const PINNED_WAIT: Duration = Duration::from_secs(10);
+/// Stale pins of one event that the sweep reconciles at once.
+const RECONCILED_AT_ONCE: usize = 8;
 
 pub struct RedisStore {
     db: DatabaseConnection,
@@ -535,24 +538,66 @@ impl RedisStore {
                 .await;
             expired.push(hold);
         }
-        for stale in parts.get(1).map(strings).unwrap_or_default() {
-            if let Ok(id) = stale.parse::<HoldId>() {
-                self.reconcile_pin(event, id, now).await?;
-            }
-        }
+        // A few at a time, each waiting at most a third of the pin timeout for its sale to end;
+        // logged, not returned, so that the holds expired above are still announced.
+        let stale = parts.get(1).map(strings).unwrap_or_default();
+        let stale = stale.iter().filter_map(|id| id.parse::<HoldId>().ok());
+        futures::stream::iter(stale)
+            .for_each_concurrent(RECONCILED_AT_ONCE, |id| async move {
+                if let Err(error) = self.reconcile_pin(event, id, now).await {
+                    tracing::warn!(error = %crate::error_chain(&error), hold_id = %id, "a pinned hold stays pinned: whether its sale committed is unknown");
+                }
+            })
+            .await;
         Ok(expired)
     }
 
-    /// A checkout died between pinning a hold and finalizing it: finish it if its order was
-    /// committed, give the hold back otherwise.
+    /// A checkout died between pinning a hold and finalizing it, or did not learn whether its
+    /// sale committed: finish it if its order was committed, give the hold back if no sale of it
+    /// can commit any more, and leave it pinned while that is still unknown.
     async fn reconcile_pin(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<()> {
-        let ordered = queries::order_of_hold(&self.db, id).await?.is_some();
-        let action = if ordered { "finalize" } else { "unpin" };
+        let Some((hold, true)) = self.read_hold(event, id).await? else {
+            return Ok(());
+        };
+        let order = self
+            .settled_sale(&hold, self.settings.pin_timeout / 3)
+            .await?;
+        let action = if order.is_some() { "finalize" } else { "unpin" };
         tracing::warn!(hold_id = %id, action, "reconciling a checkout that did not finish");
         if let Changed::Done(hold, revision) = self.change(event, id, action, now, None).await? {
             self.journal.record(hold, revision).await;
         }
         Ok(())
+    }
+
+    /// The order of a pinned hold's sale, once no transaction selling it can still commit, or
+    /// `None`: none did. Every sale writes the hold's journal row first and keeps it locked until
+    /// it ends, so a write of that row (as the active hold it was, which changes nothing) waits
+    /// for a sale in flight, a commit that hangs included; only then is a missing order final.
+    /// An error (the wait outlasted `wait`, or the database failed) leaves the outcome unknown,
+    /// and the hold must stay pinned.
+    async fn settled_sale(&self, pinned: &Hold, wait: Duration) -> StoreResult<Option<Order>> {
+        let mut active = pinned.clone();
+        active.status = HoldStatus::Active;
+        active.ended_at = None;
+        let fence = async {
+            let txn = self.db.begin().await?;
+            if txn.get_database_backend() == DbBackend::Postgres {
+                // The server stops the wait itself, and the connection stays usable.
+                let sql = format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1));
+                txn.execute_unprepared(&sql).await?;
+            }
+            journal::upsert(&txn, &[(active, 0)]).await?;
+            txn.commit().await?;
+            queries::order_of_hold(&self.db, pinned.id).await
+        };
+        // SQLite waits for its lock by its busy timeout; this bounds a database gone silent.
+        match tokio::time::timeout(wait + Duration::from_secs(1), fence).await {
+            Ok(settled) => settled,
+            Err(_) => Err(StoreError::Unavailable(
+                "the database did not say whether the sale committed".into(),
+            )),
+        }
     }
 
     /// The Redis half of a committed checkout. Its failure is logged, not answered: the order
@@ -852,22 +897,37 @@ impl HoldStore for RedisStore {
                 commit_sent: pinned_at + third,
                 committed: pinned_at + 2 * third,
             };
-            let sold = self.sales.sell(pinned, request, now, times).await;
+            let sold = self.sales.sell(pinned.clone(), request, now, times).await;
             let order = match sold {
-                Ok(Ok(order)) => order,
-                Ok(Err(rejection)) => {
+                Ok(Sale::Sold(order)) => order,
+                Ok(Sale::Refused(rejection)) => {
                     self.change(event, id, "unpin", now, None).await?;
                     return Ok(Err(rejection));
                 }
-                Err(error) => {
-                    // The commit may have happened (a connection lost during COMMIT): finish the
-                    // checkout if the order exists, give the hold back otherwise.
-                    if let Ok(Some(order)) = queries::order_of_hold(&self.db, id).await {
-                        self.finalize(event, id, now).await;
-                        return Ok(Ok(order));
-                    }
+                Ok(Sale::NotSold(error)) => {
                     self.change(event, id, "unpin", now, None).await.ok();
                     return Err(error);
+                }
+                Err(error) => {
+                    // The sale may yet commit (its commit unanswered): wait, within the pin
+                    // timeout, until it can no longer; then finish the checkout if it did, give
+                    // the hold back if not. Still unknown, the hold stays pinned, and the sweep
+                    // settles it later.
+                    let wait = self
+                        .settings
+                        .pin_timeout
+                        .saturating_sub(pinned_at.elapsed());
+                    return match self.settled_sale(&pinned, wait).await {
+                        Ok(Some(order)) => {
+                            self.finalize(event, id, now).await;
+                            Ok(Ok(order))
+                        }
+                        Ok(None) => {
+                            self.change(event, id, "unpin", now, None).await.ok();
+                            Err(error)
+                        }
+                        Err(_) => Err(error),
+                    };
                 }
             };
             self.finalize(event, id, now).await;

@@ -16,7 +16,7 @@
 //! hold back in Redis. A commit under way then is waited for until the second (so that the
 //! checkout is not told "too late" about a sale that commits a moment later), still well
 //! before the sweep reconciles a pin left behind; a commit unanswered even then is reported as
-//! unknown, and the checkout looks for the order. A batch runs under the earliest instants of
+//! unknown, and the checkout waits for that sale to end before its hold leaves its pin. A batch runs under the earliest instants of
 //! its sales, and a sale taken after its first instant is not run at all.
 
 use std::collections::BTreeMap;
@@ -43,7 +43,21 @@ struct Job {
     request: CheckoutRequest,
     now: Millis,
     times: Deadlines,
-    reply: oneshot::Sender<StoreResult<Outcome<Order>>>,
+    reply: oneshot::Sender<StoreResult<Sale>>,
+}
+
+/// What became of a sale; an error means that its commit was sent and not answered: it may be
+/// committed, now or later.
+#[derive(Debug)]
+pub enum Sale {
+    /// Committed: its order.
+    Sold(Order),
+    /// The database refuses it (rolled back): `SoldOut` if it disagrees with Redis,
+    /// `HoldExpired` if the journal ended the hold already.
+    Refused(Rejection),
+    /// Not committed, and never will be (rolled back before its commit, or not run), for this
+    /// reason.
+    NotSold(StoreError),
 }
 
 /// When a sale must have reached its commit, and when that commit must have answered.
@@ -76,18 +90,17 @@ impl Sales {
         Sales { sender }
     }
 
-    /// Sells the pinned `hold` with whatever else is queued: its order, or `SoldOut` if the
-    /// database disagrees with Redis, `HoldExpired` if the journal ended the hold already.
-    /// UNAVAILABLE when the sale did not reach its commit by `times.commit_sent` (then it is
-    /// not committed), or its commit failed or did not answer by `times.committed` (then it may
-    /// be: the caller looks for the order).
+    /// Sells the pinned `hold` with whatever else is queued. Not sold when the sale did not
+    /// reach its commit by `times.commit_sent`; an error when its commit failed or did not
+    /// answer by `times.committed` (then it may be committed: the caller must find out before
+    /// the hold moves).
     pub async fn sell(
         &self,
         hold: Hold,
         request: CheckoutRequest,
         now: Millis,
         times: Deadlines,
-    ) -> StoreResult<Outcome<Order>> {
+    ) -> StoreResult<Sale> {
         let job = |reply| Job {
             hold,
             request,
@@ -111,7 +124,7 @@ async fn write(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Job>) {
             .into_iter()
             .partition(|job| job.times.commit_sent > taken);
         for job in late {
-            job.reply.send(Err(too_late())).ok();
+            job.reply.send(Ok(Sale::NotSold(too_late()))).ok();
         }
         let Some(times) = Deadlines::earliest(&jobs) else {
             continue;
@@ -119,7 +132,7 @@ async fn write(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Job>) {
         match together(db, &jobs, times).await {
             Ok(orders) => {
                 for (job, order) in jobs.into_iter().zip(orders) {
-                    job.reply.send(Ok(Ok(order))).ok();
+                    job.reply.send(Ok(Sale::Sold(order))).ok();
                 }
             }
             // Nothing was committed: each sale in a transaction of its own.
@@ -134,7 +147,7 @@ async fn write(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Job>) {
             }
             Err(Failed::Late) => {
                 for job in jobs {
-                    job.reply.send(Err(too_late())).ok();
+                    job.reply.send(Ok(Sale::NotSold(too_late()))).ok();
                 }
             }
             // The commit may or may not have happened: the askers look for their orders.
@@ -238,35 +251,45 @@ async fn sell_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Outcom
     Ok(Ok(orders))
 }
 
-/// One sale in a transaction of its own: its order, or why the database refuses it.
-async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Outcome<Order>> {
+/// One sale in a transaction of its own; an error only when its commit was sent and not
+/// answered.
+async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Sale> {
     let by = job.times.commit_sent;
-    let txn = timeout_at(by, db.begin()).await.map_err(|_| too_late())??;
-    let sold = timeout_at(by, sell_all(&txn, std::slice::from_ref(job))).await;
-    match sold.map_err(|_| too_late())? {
-        Ok(Ok(orders)) => {
-            // One order per sale (an error drops the transaction, which rolls it back).
-            let [order]: [Order; 1] = orders.try_into().map_err(|_| {
-                StoreError::Invariant(format!("no order written for hold {}", job.hold.id))
-            })?;
-            commit(txn, job.times.committed).await?;
-            Ok(Ok(order))
-        }
-        Ok(Err(rejection)) => {
-            txn.rollback().await?;
-            Ok(Err(rejection))
-        }
+    let txn = match timeout_at(by, db.begin()).await {
+        Ok(Ok(txn)) => txn,
+        Ok(Err(error)) => return Ok(Sale::NotSold(error.into())),
+        Err(_) => return Ok(Sale::NotSold(too_late())),
+    };
+    // Dropped unfinished when late, the transaction is rolled back.
+    let Ok(sold) = timeout_at(by, sell_all(&txn, std::slice::from_ref(job))).await else {
+        return Ok(Sale::NotSold(too_late()));
+    };
+    let refused = match sold {
+        // One order per sale (an error drops the transaction, which rolls it back).
+        Ok(Ok(orders)) => match <[Order; 1]>::try_from(orders) {
+            Ok([order]) => {
+                commit(txn, job.times.committed).await?;
+                return Ok(Sale::Sold(order));
+            }
+            Err(_) => Sale::NotSold(StoreError::Invariant(format!(
+                "no order written for hold {}",
+                job.hold.id
+            ))),
+        },
+        Ok(Err(rejection)) => Sale::Refused(rejection),
         Err(StoreError::Db(error)) if super::is_unique_violation(&error) => {
             // Another checkout of this hold committed its order first: that is the order.
-            txn.rollback().await?;
-            let existing = queries::order_of_hold(db, job.hold.id).await?;
-            existing.map(Ok).ok_or(StoreError::Db(error))
-        }
-        Err(error) => {
             txn.rollback().await.ok();
-            Err(error)
+            return Ok(match queries::order_of_hold(db, job.hold.id).await {
+                Ok(Some(order)) => Sale::Sold(order),
+                Ok(None) => Sale::NotSold(StoreError::Db(error)),
+                Err(looking) => Sale::NotSold(looking),
+            });
         }
-    }
+        Err(error) => Sale::NotSold(error),
+    };
+    txn.rollback().await.ok();
+    Ok(refused)
 }
 
 /// `hold` as its sale ends it, at `now`.
