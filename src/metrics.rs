@@ -27,6 +27,12 @@ static TASK_PANICS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     IntCounterVec::new(opts, &["task"]).expect("a valid counter")
 });
 
+/// Shows the background task `task` at 0 panics (once it runs, so that every task has its
+/// series before its first panic: dashboards list it, and alerts on `absent` work).
+pub fn watch_task(task: &str) {
+    TASK_PANICS.with_label_values(&[task]);
+}
+
 /// Counts a panic of the background task `task`.
 pub fn count_task_panic(task: &str) {
     TASK_PANICS.with_label_values(&[task]).inc();

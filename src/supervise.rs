@@ -25,6 +25,7 @@ pub async fn restarting<K>(
     state: &mut K,
     mut task: impl FnMut(&mut K) -> BoxFuture<'_, ()>,
 ) {
+    crate::metrics::watch_task(name);
     loop {
         match AssertUnwindSafe(task(state)).catch_unwind().await {
             Ok(()) => return,
@@ -101,6 +102,16 @@ mod tests {
                 job.reply.send(Ok(job.n * 2)).ok();
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_shows_at_zero_panics_once_it_runs() {
+        restarting("calm", &mut (), |()| Box::pin(async {})).await;
+        let served = crate::metrics::Metrics::new().render();
+        assert!(
+            served.contains("tickethold_task_panics_total{task=\"calm\"} 0"),
+            "{served}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
