@@ -223,6 +223,19 @@ impl Slow {
         let hold = self.store.get_hold(hold, self.now).await.unwrap();
         hold.unwrap().status
     }
+
+    /// The hold's status as Redis stores it (`PINNED` during a checkout).
+    async fn stored_status(&self, hold: HoldId) -> String {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let key = self.store.keys().hold(self.event, hold);
+        redis::cmd("HGET")
+            .arg(key)
+            .arg("status")
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
 }
 
 /// A checkout whose sale the database does not commit before the pin's deadline (a third of
@@ -255,7 +268,8 @@ async fn a_sale_not_committed_by_its_deadline_never_commits() {
 /// ended either way. A commit that ends while its checkout waits: the checkout answers its
 /// order. One that outlasts the pin timeout too: the checkout answers UNAVAILABLE, and the hold
 /// is neither expired nor given back by the sweep while the commit hangs; once it lands, the
-/// sweep finishes the checkout (the hold confirmed, its ticket sold once).
+/// sweep finishes the checkout (the hold confirmed, its ticket sold once); meanwhile the sweep
+/// expires other holds as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_whose_commit_outlasts_its_deadlines_is_settled_before_its_hold_moves() {
     let slow = Slow::new().await;
@@ -272,27 +286,35 @@ async fn a_sale_whose_commit_outlasts_its_deadlines_is_settled_before_its_hold_m
     let first = slow.hold("first").await;
     let lock = slow.locking(gate, vec![]).await;
     let paying = slow.pay(first.id, "pay-first");
-    // Past the sale's deadline for its commit (a second from the pin), before the pin timeout.
-    let past_deadlines = tokio::time::Instant::now() + Duration::from_millis(1200);
-    while tokio::time::Instant::now() < past_deadlines && !paying.is_finished() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while slow.stored_status(first.id).await != "PINNED" {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Past the deadline for the commit's answer (a second from the pin), before the pin timeout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!paying.is_finished(), "{:?}", paying.await);
     lock.rollback().await.unwrap();
     let order = paying.await.unwrap();
     assert_eq!(order.unwrap().unwrap().payment_reference, "pay-first");
     assert_eq!(slow.status(first.id).await, HoldStatus::Confirmed);
 
     let second = slow.hold("second").await;
+    let abandoned = slow.hold("abandoned").await;
     let lock = slow.locking(gate, vec![]).await;
     let unknown = slow.pay(second.id, "pay-second").await.unwrap();
     assert!(
         matches!(unknown, Err(StoreError::Unavailable(_))),
         "{unknown:?}"
     );
+    assert_eq!(slow.stored_status(second.id).await, "PINNED");
     let long_after = slow.now + Millis(3_600_000);
     let expired = slow.store.expire_due(long_after, 100).await.unwrap();
-    assert_eq!(expired, vec![], "a hold whose sale may commit expired");
-    assert_eq!(slow.status(second.id).await, HoldStatus::Active);
+    let expired: Vec<HoldId> = expired.iter().map(|hold| hold.id).collect();
+    assert_eq!(
+        expired,
+        vec![abandoned.id],
+        "only the abandoned hold expires"
+    );
+    assert_eq!(slow.stored_status(second.id).await, "PINNED");
     lock.rollback().await.unwrap();
     let expired = slow.store.expire_due(long_after, 100).await.unwrap();
     assert_eq!(expired, vec![], "a sold hold expired");

@@ -37,8 +37,8 @@ use entity::{hold, order, order_item, ticket_type};
 use futures::StreamExt;
 use redis::Value;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -47,7 +47,7 @@ pub use self::journal::Journal;
 use self::keys_lookup::KeysLookup;
 use self::sales::{Sale, Sales};
 pub use self::scripts::Keys;
-use self::scripts::{Scripts, array, hold_of, items_text, revision_of, string, strings};
+use self::scripts::{Scripts, array, hold_of, items_text, pin_of, revision_of, string, strings};
 use super::db::{convert, queries};
 use super::{Drift, HoldStore, Outcome, StoreError, StoreResult};
 use crate::domain::{
@@ -81,7 +81,10 @@ const EVENTS_REFRESH: Duration = Duration::from_secs(1);
 /// How long a checkout waits for another checkout of the same hold to finish.
 const PINNED_WAIT: Duration = Duration::from_secs(10);
 /// Stale pins of one event that the sweep reconciles at once.
-const RECONCILED_AT_ONCE: usize = 8;
+const RECONCILED_AT_ONCE: usize = 4;
+/// How long the sweep waits for a stale pin's sale to end: a sale still unsettled then is left
+/// pinned to the next sweep, so that a commit that hangs never holds up the expiries.
+const SETTLE_IN_SWEEP: Duration = Duration::from_millis(100);
 
 pub struct RedisStore {
     db: DatabaseConnection,
@@ -457,14 +460,29 @@ impl RedisStore {
 
     /// A hold as Redis has it, and whether it is pinned.
     async fn read_hold(&self, event: EventId, id: HoldId) -> StoreResult<Option<(Hold, bool)>> {
-        let fields: Vec<String> = redis::cmd("HGETALL")
-            .arg(self.keys.hold(event, id))
-            .query_async(&mut self.conn())
-            .await?;
+        let fields = self.hold_fields(event, id).await?;
         if fields.is_empty() {
             return Ok(None);
         }
         Ok(Some(hold_of(&fields)?))
+    }
+
+    /// A pinned hold as Redis has it, with its pin's stamp; `None` unless it is pinned.
+    async fn read_pin(&self, event: EventId, id: HoldId) -> StoreResult<Option<(Hold, String)>> {
+        let fields = self.hold_fields(event, id).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let (hold, pinned) = hold_of(&fields)?;
+        Ok(pin_of(&fields).filter(|_| pinned).map(|pin| (hold, pin)))
+    }
+
+    async fn hold_fields(&self, event: EventId, id: HoldId) -> StoreResult<Vec<String>> {
+        let fields = redis::cmd("HGETALL")
+            .arg(self.keys.hold(event, id))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(fields)
     }
 
     /// The events to sweep and read, from the database, refreshed every second.
@@ -538,8 +556,8 @@ impl RedisStore {
                 .await;
             expired.push(hold);
         }
-        // A few at a time, each waiting at most a third of the pin timeout for its sale to end;
-        // logged, not returned, so that the holds expired above are still announced.
+        // A few at a time, each waiting briefly for its sale to end; logged, not returned, so
+        // that the holds expired above are still announced.
         let stale = parts.get(1).map(strings).unwrap_or_default();
         let stale = stale.iter().filter_map(|id| id.parse::<HoldId>().ok());
         futures::stream::iter(stale)
@@ -553,51 +571,24 @@ impl RedisStore {
     }
 
     /// A checkout died between pinning a hold and finalizing it, or did not learn whether its
-    /// sale committed: finish it if its order was committed, give the hold back if no sale of it
-    /// can commit any more, and leave it pinned while that is still unknown.
+    /// sale committed: finish it if its order was committed, give the hold back (that pin only)
+    /// once no sale of it can commit any more (see `sales::settle`), and leave it pinned while
+    /// that is still unknown, to the next sweep.
     async fn reconcile_pin(&self, event: EventId, id: HoldId, now: Millis) -> StoreResult<()> {
-        let Some((hold, true)) = self.read_hold(event, id).await? else {
+        let Some((hold, pin)) = self.read_pin(event, id).await? else {
             return Ok(());
         };
-        let order = self
-            .settled_sale(&hold, self.settings.pin_timeout / 3)
-            .await?;
-        let action = if order.is_some() { "finalize" } else { "unpin" };
+        let by = tokio::time::Instant::now() + SETTLE_IN_SWEEP;
+        let ordered = sales::settle(&self.db, &[&hold], by).await?;
+        let (action, extra) = match ordered.first() {
+            Some(Some(_)) => ("finalize", None),
+            _ => ("unpin", Some(pin)),
+        };
         tracing::warn!(hold_id = %id, action, "reconciling a checkout that did not finish");
-        if let Changed::Done(hold, revision) = self.change(event, id, action, now, None).await? {
+        if let Changed::Done(hold, revision) = self.change(event, id, action, now, extra).await? {
             self.journal.record(hold, revision).await;
         }
         Ok(())
-    }
-
-    /// The order of a pinned hold's sale, once no transaction selling it can still commit, or
-    /// `None`: none did. Every sale writes the hold's journal row first and keeps it locked until
-    /// it ends, so a write of that row (as the active hold it was, which changes nothing) waits
-    /// for a sale in flight, a commit that hangs included; only then is a missing order final.
-    /// An error (the wait outlasted `wait`, or the database failed) leaves the outcome unknown,
-    /// and the hold must stay pinned.
-    async fn settled_sale(&self, pinned: &Hold, wait: Duration) -> StoreResult<Option<Order>> {
-        let mut active = pinned.clone();
-        active.status = HoldStatus::Active;
-        active.ended_at = None;
-        let fence = async {
-            let txn = self.db.begin().await?;
-            if txn.get_database_backend() == DbBackend::Postgres {
-                // The server stops the wait itself, and the connection stays usable.
-                let sql = format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1));
-                txn.execute_unprepared(&sql).await?;
-            }
-            journal::upsert(&txn, &[(active, 0)]).await?;
-            txn.commit().await?;
-            queries::order_of_hold(&self.db, pinned.id).await
-        };
-        // SQLite waits for its lock by its busy timeout; this bounds a database gone silent.
-        match tokio::time::timeout(wait + Duration::from_secs(1), fence).await {
-            Ok(settled) => settled,
-            Err(_) => Err(StoreError::Unavailable(
-                "the database did not say whether the sale committed".into(),
-            )),
-        }
     }
 
     /// The Redis half of a committed checkout. Its failure is logged, not answered: the order
@@ -862,9 +853,13 @@ impl HoldStore for RedisStore {
         let Some(event) = self.event_of(id).await? else {
             return Ok(Err(Rejection::NotFound { what: "hold" }));
         };
-        let deadline = Instant::now() + PINNED_WAIT;
+        let started = Instant::now();
+        let deadline = started + PINNED_WAIT;
         loop {
-            let pinned = match self.change(event, id, "pin", now, None).await? {
+            // A pin is stamped with when it is made, not with the request's instant (it may
+            // have waited for another checkout): the sweep counts the pin timeout from it.
+            let pin = now + Millis(started.elapsed().as_millis() as i64);
+            let pinned = match self.change(event, id, "pin", pin, None).await? {
                 Changed::Done(hold, _) => hold,
                 Changed::Refused { status, hold } => match status.as_str() {
                     "CONFIRMED" => {
@@ -889,46 +884,28 @@ impl HoldStore for RedisStore {
                 }
             };
             // The sale reaches its commit within a third of the pin timeout, and the commit
-            // answers within two, so that the sweep never reconciles a pin whose transaction
-            // may still commit.
+            // answers within two; one unanswered then is waited out until the pin timeout (see
+            // `sales`). A sale that can still commit is then one whose hold stays pinned.
             let third = self.settings.pin_timeout / 3;
             let pinned_at = tokio::time::Instant::now();
             let times = sales::Deadlines {
                 commit_sent: pinned_at + third,
                 committed: pinned_at + 2 * third,
+                settled: pinned_at + self.settings.pin_timeout,
             };
-            let sold = self.sales.sell(pinned.clone(), request, now, times).await;
-            let order = match sold {
+            let unpin = Some(pin.0.to_string());
+            let order = match self.sales.sell(pinned, request, now, times).await {
                 Ok(Sale::Sold(order)) => order,
                 Ok(Sale::Refused(rejection)) => {
-                    self.change(event, id, "unpin", now, None).await?;
+                    self.change(event, id, "unpin", now, unpin).await?;
                     return Ok(Err(rejection));
                 }
                 Ok(Sale::NotSold(error)) => {
-                    self.change(event, id, "unpin", now, None).await.ok();
+                    self.change(event, id, "unpin", now, unpin).await.ok();
                     return Err(error);
                 }
-                Err(error) => {
-                    // The sale may yet commit (its commit unanswered): wait, within the pin
-                    // timeout, until it can no longer; then finish the checkout if it did, give
-                    // the hold back if not. Still unknown, the hold stays pinned, and the sweep
-                    // settles it later.
-                    let wait = self
-                        .settings
-                        .pin_timeout
-                        .saturating_sub(pinned_at.elapsed());
-                    return match self.settled_sale(&pinned, wait).await {
-                        Ok(Some(order)) => {
-                            self.finalize(event, id, now).await;
-                            Ok(Ok(order))
-                        }
-                        Ok(None) => {
-                            self.change(event, id, "unpin", now, None).await.ok();
-                            Err(error)
-                        }
-                        Err(_) => Err(error),
-                    };
-                }
+                // It may yet commit: the hold stays pinned, until the sweep settles it.
+                Err(error) => return Err(error),
             };
             self.finalize(event, id, now).await;
             tracing::info!(hold_id = %id, order_id = %order.id, "hold confirmed");

@@ -11,17 +11,22 @@
 //! allowed a hold the database cannot sell) it is rolled back, and each sale runs again in a
 //! transaction of its own, which answers exactly as before batching.
 //!
-//! Each sale carries two instants from its checkout. By the first, its transaction must have
+//! Each sale carries three instants from its pin. By the first, its transaction must have
 //! reached its commit; if not, it is rolled back, the checkout answers UNAVAILABLE and gives the
 //! hold back in Redis. A commit under way then is waited for until the second (so that the
-//! checkout is not told "too late" about a sale that commits a moment later), still well
-//! before the sweep reconciles a pin left behind; a commit unanswered even then is reported as
-//! unknown, and the checkout waits for that sale to end before its hold leaves its pin. A batch runs under the earliest instants of
-//! its sales, and a sale taken after its first instant is not run at all.
+//! checkout is not told "too late" about a sale that commits a moment later). A commit
+//! unanswered by then may still land: the writer *settles* the batch (`settle`), waiting until
+//! the third for its transaction to end either way, and answers each sale sold or not sold.
+//! Only a sale still unsettled then is answered with an error: its hold stays pinned, and the
+//! sweep settles it later, the same way, before the hold leaves its pin. A batch runs under the
+//! earliest instants of its sales, and a sale taken after its first instant is not run at all.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
@@ -46,8 +51,8 @@ struct Job {
     reply: oneshot::Sender<StoreResult<Sale>>,
 }
 
-/// What became of a sale; an error means that its commit was sent and not answered: it may be
-/// committed, now or later.
+/// What became of a sale. An error means that it may be committed, now or later: its commit
+/// stayed unanswered until its last instant, or the writer failed (see `store::ask`).
 #[derive(Debug)]
 pub enum Sale {
     /// Committed: its order.
@@ -60,11 +65,13 @@ pub enum Sale {
     NotSold(StoreError),
 }
 
-/// When a sale must have reached its commit, and when that commit must have answered.
+/// When a sale must have reached its commit, when that commit must have answered, and until
+/// when an unanswered commit is waited out.
 #[derive(Clone, Copy, Debug)]
 pub struct Deadlines {
     pub commit_sent: Instant,
     pub committed: Instant,
+    pub settled: Instant,
 }
 
 impl Deadlines {
@@ -73,6 +80,7 @@ impl Deadlines {
         Some(Deadlines {
             commit_sent: jobs.iter().map(|job| job.times.commit_sent).min()?,
             committed: jobs.iter().map(|job| job.times.committed).min()?,
+            settled: jobs.iter().map(|job| job.times.settled).min()?,
         })
     }
 }
@@ -91,9 +99,8 @@ impl Sales {
     }
 
     /// Sells the pinned `hold` with whatever else is queued. Not sold when the sale did not
-    /// reach its commit by `times.commit_sent`; an error when its commit failed or did not
-    /// answer by `times.committed` (then it may be committed: the caller must find out before
-    /// the hold moves).
+    /// reach its commit by `times.commit_sent`, or its commit failed; an error when whether it
+    /// committed is still unknown at `times.settled` (the hold must then stay pinned).
     pub async fn sell(
         &self,
         hold: Hold,
@@ -150,11 +157,21 @@ async fn write(db: &DatabaseConnection, receiver: &mut mpsc::Receiver<Job>) {
                     job.reply.send(Ok(Sale::NotSold(too_late()))).ok();
                 }
             }
-            // The commit may or may not have happened: the askers look for their orders.
+            // The commit may or may not have happened, or happen yet.
             Err(Failed::AtCommit(error)) => {
-                tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "committing a batch of sales failed");
-                for job in jobs {
-                    job.reply.send(Err(unknown())).ok();
+                tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "committing a batch of sales failed; settling it");
+                match settled(db, &jobs, times.settled).await {
+                    Ok(sales) => {
+                        for (job, sale) in jobs.into_iter().zip(sales) {
+                            job.reply.send(Ok(sale)).ok();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "whether a batch of sales committed is unknown; their holds stay pinned");
+                        for job in jobs {
+                            job.reply.send(Err(unknown())).ok();
+                        }
+                    }
                 }
             }
         }
@@ -167,6 +184,69 @@ fn too_late() -> StoreError {
 
 fn unknown() -> StoreError {
     StoreError::Unavailable("the outcome of the sale is unknown".into())
+}
+
+/// How long a settlement may outlast its deadline before it is given up (a database gone
+/// silent, rather than one refusing to wait any longer).
+const SILENT_MARGIN: Duration = Duration::from_millis(500);
+
+/// Waits, until `by`, until no transaction selling `holds` can commit any more, and returns the
+/// order each has then (`None`: not sold, and never will be by a sale begun before).
+///
+/// Every sale writes its holds' journal rows first and keeps them locked until it ends, so
+/// writing those rows again waits for such a transaction, a commit that hangs included; only
+/// then is a missing order final. The rows are written as the active holds they were, which
+/// changes no row (a row moves only forward), or writes a row the journal had not written yet.
+/// On PostgreSQL the server stops the wait at `by` (`lock_timeout`), leaving the connection
+/// usable; on SQLite the one connection is lent only once the commit has ended.
+pub async fn settle(
+    db: &DatabaseConnection,
+    holds: &[&Hold],
+    by: Instant,
+) -> StoreResult<Vec<Option<Order>>> {
+    let rows: Vec<journal::Entry> = holds
+        .iter()
+        .map(|hold| {
+            let mut active = (*hold).clone();
+            active.status = HoldStatus::Active;
+            active.ended_at = None;
+            (active, 0)
+        })
+        .collect();
+    let fence = async {
+        let txn = db.begin().await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            let wait = by.saturating_duration_since(Instant::now());
+            let sql = format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1));
+            txn.execute_unprepared(&sql).await?;
+        }
+        journal::upsert(&txn, &rows).await?;
+        txn.commit().await?;
+        let mut orders = Vec::with_capacity(holds.len());
+        for hold in holds {
+            orders.push(queries::order_of_hold(db, hold.id).await?);
+        }
+        Ok(orders)
+    };
+    match timeout_at(by + SILENT_MARGIN, fence).await {
+        Ok(settled) => settled,
+        Err(_) => Err(StoreError::Unavailable(
+            "the database did not say whether the sale committed".into(),
+        )),
+    }
+}
+
+/// The sales of `jobs`, whose commit was sent and not answered, once settled (see `settle`).
+async fn settled(db: &DatabaseConnection, jobs: &[Job], by: Instant) -> StoreResult<Vec<Sale>> {
+    let holds: Vec<&Hold> = jobs.iter().map(|job| &job.hold).collect();
+    let orders = settle(db, &holds, by).await?;
+    let sale = |order: Option<Order>| match order {
+        Some(order) => Sale::Sold(order),
+        None => Sale::NotSold(StoreError::Unavailable(
+            "the database did not commit the sale".into(),
+        )),
+    };
+    Ok(orders.into_iter().map(sale).collect())
 }
 
 /// How a batch failed.
@@ -251,8 +331,8 @@ async fn sell_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Outcom
     Ok(Ok(orders))
 }
 
-/// One sale in a transaction of its own; an error only when its commit was sent and not
-/// answered.
+/// One sale in a transaction of its own; an error only when whether it committed is unknown
+/// even after settling it.
 async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Sale> {
     let by = job.times.commit_sent;
     let txn = match timeout_at(by, db.begin()).await {
@@ -268,7 +348,12 @@ async fn alone(db: &DatabaseConnection, job: &Job) -> StoreResult<Sale> {
         // One order per sale (an error drops the transaction, which rolls it back).
         Ok(Ok(orders)) => match <[Order; 1]>::try_from(orders) {
             Ok([order]) => {
-                commit(txn, job.times.committed).await?;
+                if let Err(error) = commit(txn, job.times.committed).await {
+                    tracing::error!(error = %crate::error_chain(&error), hold_id = %job.hold.id, "committing a sale failed; settling it");
+                    let job = std::slice::from_ref(job);
+                    let sales = settled(db, job, job[0].times.settled).await?;
+                    return sales.into_iter().next().ok_or_else(unknown);
+                }
                 return Ok(Sale::Sold(order));
             }
             Err(_) => Sale::NotSold(StoreError::Invariant(format!(

@@ -164,6 +164,15 @@ pub fn hold_of(fields: &[String]) -> StoreResult<(Hold, bool)> {
     ))
 }
 
+/// The stamp of a hold's pin from the fields of its hash, if it is pinned (see `change.lua`).
+pub fn pin_of(fields: &[String]) -> Option<String> {
+    fields
+        .chunks(2)
+        .find(|pair| pair[0] == "pinned")
+        .and_then(|pair| pair.get(1))
+        .cloned()
+}
+
 /// The revision of a hold from the fields of its hash (0 if it has none).
 pub fn revision_of(fields: &[String]) -> i64 {
     fields

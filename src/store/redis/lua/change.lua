@@ -1,5 +1,6 @@
 -- Extends, releases, expires, pins, unpins or finalizes one hold, by ARGV[4] (the action).
--- ARGV: prefix, now, hold id, action, then for 'extend' the new expires_at.
+-- ARGV: prefix, now, hold id, action, then for 'extend' the new expires_at, for 'unpin' the
+-- stamp of the pin to undo (another checkout's later pin is left alone).
 -- Returns {'OK', fields...} when the hold changed, {'NOLOAD'}, {'NOT_FOUND'}, or
 -- {'STATUS', status, fields...} when the action does not apply to the hold as it is.
 if not_loaded() then return {'NOLOAD'} end
@@ -55,6 +56,7 @@ elseif action == 'finalize' then
   return answer('OK')
 elseif action == 'unpin' then
   if status ~= 'PINNED' then return answer('STATUS') end
+  if ARGV[5] and redis.call('HGET', key, 'pinned') ~= ARGV[5] then return answer('STATUS') end
   redis.call('ZREM', P .. 'pinned', id)
   redis.call('HSET', key, 'status', 'ACTIVE')
   if expires <= NOW then
