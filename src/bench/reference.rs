@@ -59,6 +59,9 @@ async fn naive_postgres_in(url: &str, args: &Args) -> anyhow::Result<ReferenceRe
     options
         .max_connections(args.concurrency as u32)
         .min_connections(args.concurrency as u32)
+        // No reaper, as in the service's pools (see `store::db::connect`).
+        .idle_timeout(None::<std::time::Duration>)
+        .max_lifetime(None::<std::time::Duration>)
         .sqlx_logging(false);
     let db = Database::connect(options)
         .await

@@ -93,7 +93,13 @@ pub(super) async fn pool(url: &str, max_connections: u32) -> Result<DatabaseConn
         .sqlx_logging(false)
         .connect_timeout(CONNECT_TIMEOUT)
         // Bounded, so that an unreachable database is a quick UNAVAILABLE, not a hang.
-        .acquire_timeout(CONNECT_TIMEOUT);
+        .acquire_timeout(CONNECT_TIMEOUT)
+        // No reaper: SQLx 0.9.0's can spin a core forever once its count of idle connections
+        // has wrapped below zero (sqlx#3645; seen here as a test that never ended, a worker
+        // spinning while its runtime shut down). The pools keep every connection open anyway
+        // (at least as many as at most), and a dead one is replaced when lent (SQLx's ping).
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>);
     if url.starts_with("sqlite:") {
         create_parent_dir(url)?;
         options
