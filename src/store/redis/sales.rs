@@ -384,3 +384,88 @@ fn confirmed(hold: &Hold, now: Millis) -> Hold {
     confirmed.ended_at = Some(now);
     confirmed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use entity::hold as journal_row;
+    use sea_orm::EntityTrait;
+
+    use super::*;
+    use crate::domain::{CustomerId, HoldId, HoldItem, Limits, NewTicketType};
+
+    /// A fresh SQLite database with an event, a ticket type of 10, and a hold of one ticket
+    /// that only Redis would know (the journal has no row of it).
+    async fn a_hold() -> (DatabaseConnection, Hold) {
+        let db = crate::store::db::connect("sqlite::memory:", 1)
+            .await
+            .unwrap();
+        let now = Millis(1_000_000);
+        let event = queries::create_event(&db, "Settle".into(), now)
+            .await
+            .unwrap();
+        let limits = Limits::default();
+        let new = NewTicketType::new(event.id, "GA".into(), 500, 10, None, &limits).unwrap();
+        let created = queries::create_ticket_type(&db, new, now).await.unwrap();
+        let hold = Hold {
+            id: HoldId::random(),
+            event_id: event.id,
+            customer_id: CustomerId::new("buyer".into(), &limits).unwrap(),
+            status: HoldStatus::Active,
+            items: vec![HoldItem {
+                ticket_type_id: created.unwrap().id,
+                quantity: 1,
+            }],
+            created_at: now,
+            expires_at: now + Millis(60_000),
+            ended_at: None,
+            idempotency_key: None,
+        };
+        (db, hold)
+    }
+
+    async fn journaled(db: &DatabaseConnection, id: HoldId) -> (String, i64) {
+        let row = journal_row::Entity::find_by_id(id.0).one(db).await.unwrap();
+        let row = row.expect("a journal row");
+        (row.status, row.revision)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn settling_an_unsold_hold_journals_it_active_and_later_entries_move_it_on() {
+        let (db, hold) = a_hold().await;
+        assert_eq!(settle(&db, &[&hold], soon()).await.unwrap(), vec![None]);
+        assert_eq!(journaled(&db, hold.id).await, ("ACTIVE".to_owned(), 0));
+        let mut expired = hold.clone();
+        expired.status = HoldStatus::Expired;
+        expired.ended_at = Some(hold.expires_at);
+        journal::upsert(&db, &[(expired, 2)]).await.unwrap();
+        assert_eq!(journaled(&db, hold.id).await, ("EXPIRED".to_owned(), 2));
+    }
+
+    #[tokio::test]
+    async fn settling_a_sold_hold_finds_its_order_and_changes_nothing() {
+        let (db, hold) = a_hold().await;
+        let sales = Sales::start(db.clone());
+        let limits = Limits::default();
+        let request = CheckoutRequest::new(hold.id, "pay".into(), None, &limits).unwrap();
+        let times = Deadlines {
+            commit_sent: soon(),
+            committed: soon(),
+            settled: soon(),
+        };
+        let sold = sales
+            .sell(hold.clone(), request, hold.created_at, times)
+            .await;
+        let Ok(Sale::Sold(order)) = sold else {
+            panic!("not sold: {sold:?}");
+        };
+        let settled = settle(&db, &[&hold], soon()).await.unwrap();
+        assert_eq!(settled, vec![Some(order)]);
+        assert_eq!(journaled(&db, hold.id).await, ("CONFIRMED".to_owned(), 0));
+    }
+}
