@@ -128,13 +128,7 @@ pub fn array(value: &Value) -> &[Value] {
 /// A hold from the alternating field names and values of its hash. A PINNED hold (being
 /// checked out) is still ACTIVE for everybody else; the flag says whether it is pinned.
 pub fn hold_of(fields: &[String]) -> StoreResult<(Hold, bool)> {
-    let get = |name: &str| {
-        fields
-            .chunks(2)
-            .find(|pair| pair[0] == name)
-            .and_then(|pair| pair.get(1))
-            .map(String::as_str)
-    };
+    let get = |name: &str| field(fields, name);
     let bad = |what: &str| StoreError::Invariant(format!("hold in Redis without a valid {what}"));
     let millis = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok()).map(Millis);
     let status_text = get("status").ok_or_else(|| bad("status"))?;
@@ -164,23 +158,25 @@ pub fn hold_of(fields: &[String]) -> StoreResult<(Hold, bool)> {
     ))
 }
 
-/// The stamp of a hold's pin from the fields of its hash, if it is pinned (see `change.lua`).
+/// The stamp of a hold's last pin from the fields of its hash (see `change.lua`).
 pub fn pin_of(fields: &[String]) -> Option<String> {
-    fields
-        .chunks(2)
-        .find(|pair| pair[0] == "pinned")
-        .and_then(|pair| pair.get(1))
-        .cloned()
+    field(fields, "pinned").map(str::to_owned)
 }
 
 /// The revision of a hold from the fields of its hash (0 if it has none).
 pub fn revision_of(fields: &[String]) -> i64 {
-    fields
-        .chunks(2)
-        .find(|pair| pair[0] == "rev")
-        .and_then(|pair| pair.get(1))
+    field(fields, "rev")
         .and_then(|rev| rev.parse().ok())
         .unwrap_or(0)
+}
+
+/// The value of the field `name` among the alternating names and values of a hash.
+fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
+    fields
+        .chunks(2)
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair.get(1))
+        .map(String::as_str)
 }
 
 /// `"type:quantity,type:quantity"`, the items as scripts store them.
