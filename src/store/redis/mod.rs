@@ -596,6 +596,14 @@ impl RedisStore {
     async fn finalize(&self, event: EventId, id: HoldId, now: Millis) {
         match self.change(event, id, "finalize", now, None).await {
             Ok(Changed::Done(hold, revision)) => self.journal.record(hold, revision).await,
+            // Redis ended the hold otherwise (it lost a pin with its data, and the hold was
+            // reloaded and then expired or released): its tickets count as free there while the
+            // database sold them. The double check at each sale still refuses any oversell.
+            Ok(Changed::Refused { status, .. }) if status != "CONFIRMED" => tracing::error!(
+                hold_id = %id,
+                status,
+                "a sold hold ended otherwise in Redis; `tickethold verify` reports the drift"
+            ),
             Ok(_) => {}
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),
