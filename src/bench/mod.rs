@@ -58,6 +58,13 @@ pub struct Args {
     #[arg(long)]
     pub references: bool,
 
+    /// Measure it all this many times (each round: the flows, then the references) and add a
+    /// summary: per flow the median, lowest and highest of each figure and of each multiple of
+    /// a reference (taken within its round). On a shared machine one run's ratios move by a
+    /// third; the chart is drawn from the median round.
+    #[arg(long, default_value_t = 1, conflicts_with = "crowd")]
+    pub rounds: u32,
+
     /// PostgreSQL to create the bench's databases through (they are dropped at the end).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_url: String,
@@ -177,9 +184,53 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.crowd {
         return crowd::run(&args).await;
     }
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("== round {round} of {}", args.rounds);
+        }
+        rounds.push(measure(&args).await?);
+    }
+    let failed = rounds.iter().any(report::Report::failed);
+    let chart_of = if let [report] = rounds.as_slice() {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        report
+    } else {
+        let summary = report::Summary::new(&rounds);
+        if args.json {
+            let all = report::Rounds {
+                rounds: &rounds,
+                summary: &summary,
+            };
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        } else {
+            for (round, report) in rounds.iter().enumerate() {
+                println!("\n== round {} of {}", round + 1, rounds.len());
+                print!("{}", report.table());
+            }
+            print!("{}", summary.table());
+        }
+        &rounds[summary.median_round]
+    };
+    if let Some(path) = &args.chart {
+        chart::write(path, chart_of).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One round: the flows, then the references.
+async fn measure(args: &Args) -> anyhow::Result<report::Report> {
     let mut flows = Vec::new();
     if let Some(url) = &args.url {
-        let result = load::run(url, &args, None).await?;
+        let result = load::run(url, args, None).await?;
         flows.push(report::FlowReport::new("url", result, None));
     } else {
         let selected = if args.compare {
@@ -188,28 +239,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             vec![args.flow]
         };
         for flow in selected {
-            flows.push(run_flow(flow, &args).await?);
+            flows.push(run_flow(flow, args).await?);
         }
     }
     let references = if args.compare || args.references {
-        Some(reference::run_all(&args).await?)
+        Some(reference::run_all(args).await?)
     } else {
         None
     };
-    let report = report::Report::new(&args, flows, references);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    if let Some(path) = &args.chart {
-        chart::write(path, &report).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(if report.failed() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::Report::new(args, flows, references))
 }
 
 /// Starts the flow's server, loads it, and stops it (and removes its data) whatever happened.
@@ -234,6 +272,7 @@ fn validate(args: &Args) -> anyhow::Result<()> {
         "--max-per-customer must be at least --quantity (each buyer holds once)"
     );
     anyhow::ensure!(args.ttl_secs > 0, "--ttl-secs must be positive");
+    anyhow::ensure!(args.rounds > 0, "--rounds must be positive");
     let shares = [args.checkout_share, args.release_share];
     anyhow::ensure!(
         shares.iter().all(|s| (0.0..=1.0).contains(s)) && shares.iter().sum::<f64>() <= 1.0,

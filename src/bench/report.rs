@@ -320,6 +320,196 @@ impl Report {
     }
 }
 
+/// Several rounds of the same measurement, and their summary (`--rounds`).
+#[derive(Serialize)]
+pub struct Rounds<'a> {
+    pub rounds: &'a [Report],
+    pub summary: &'a Summary,
+}
+
+/// What several rounds measured, per flow (in the order of the first round).
+#[derive(Serialize)]
+pub struct Summary {
+    pub rounds: usize,
+    pub flows: Vec<FlowSummary>,
+    /// The round (from 0) whose first flow's multiple of the first reference (or, without
+    /// references, whose first flow's holds/s) is the median: the one to chart.
+    pub median_round: usize,
+}
+
+#[derive(Serialize)]
+pub struct FlowSummary {
+    pub flow: String,
+    pub holds_per_sec: Spread,
+    pub checkouts_per_sec: Spread,
+    pub hold_p99_ms: Spread,
+    /// The flow's multiple of each reference, taken within each round.
+    pub multiples: Vec<Multiple>,
+}
+
+#[derive(Serialize)]
+pub struct Multiple {
+    pub reference: String,
+    pub times: Spread,
+}
+
+/// The median, lowest and highest of one figure over the rounds.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` for no values. An even count's median is the mean of the middle two.
+    pub fn of(mut values: Vec<f64>) -> Option<Spread> {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => values[n / 2],
+            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: values[0],
+            max: values[n - 1],
+        })
+    }
+}
+
+impl Summary {
+    pub fn new(rounds: &[Report]) -> Summary {
+        let names: Vec<&str> = rounds
+            .first()
+            .map(|first| first.flows.iter().map(|f| f.flow.as_str()).collect())
+            .unwrap_or_default();
+        let flows = names
+            .iter()
+            .map(|name| flow_summary(rounds, name))
+            .collect();
+        Summary {
+            rounds: rounds.len(),
+            flows,
+            median_round: median_round(rounds),
+        }
+    }
+
+    /// The summary's table: `median [lowest - highest]` per flow and figure.
+    pub fn table(&self) -> String {
+        let cell = |spread: &Spread, decimals: usize, unit: &str| {
+            format!(
+                "{:.decimals$}{unit} [{:.decimals$} - {:.decimals$}]",
+                spread.median, spread.min, spread.max
+            )
+        };
+        let mut rows: Vec<(String, Vec<String>)> = vec![
+            (
+                "holds/s".into(),
+                self.flows
+                    .iter()
+                    .map(|f| cell(&f.holds_per_sec, 0, ""))
+                    .collect(),
+            ),
+            (
+                "checkouts/s".into(),
+                self.flows
+                    .iter()
+                    .map(|f| cell(&f.checkouts_per_sec, 0, ""))
+                    .collect(),
+            ),
+            (
+                "hold p99 ms".into(),
+                self.flows
+                    .iter()
+                    .map(|f| cell(&f.hold_p99_ms, 1, ""))
+                    .collect(),
+            ),
+        ];
+        let references = self.flows.first().map_or(0, |f| f.multiples.len());
+        for r in 0..references {
+            let label = format!("x {}", self.flows[0].multiples[r].reference);
+            let cells = self
+                .flows
+                .iter()
+                .map(|f| cell(&f.multiples[r].times, 2, "x"));
+            rows.push((label, cells.collect()));
+        }
+        let header: Vec<String> = self.flows.iter().map(|f| f.flow.clone()).collect();
+        let mut out = format!(
+            "\nsummary of {} rounds: median [lowest - highest]; the median round (by the first \
+             flow's first multiple, the one --chart draws) is round {}\n\n",
+            self.rounds,
+            self.median_round + 1
+        );
+        out.push_str(&render(&header, &rows));
+        out
+    }
+}
+
+fn flow_summary(rounds: &[Report], name: &str) -> FlowSummary {
+    let of_flow: Vec<(&Report, &FlowReport)> = rounds
+        .iter()
+        .filter_map(|round| Some((round, round.flows.iter().find(|f| f.flow == name)?)))
+        .collect();
+    let spread = |figure: &dyn Fn(&Report, &FlowReport) -> f64| {
+        let values = of_flow.iter().map(|(round, flow)| figure(round, flow));
+        Spread::of(values.collect()).unwrap_or(Spread {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0,
+        })
+    };
+    let references: Vec<&str> = rounds
+        .first()
+        .map(|first| first.references.iter().map(|r| r.name.as_str()).collect())
+        .unwrap_or_default();
+    let multiples = references
+        .iter()
+        .map(|reference| Multiple {
+            reference: (*reference).to_owned(),
+            times: spread(&|round, flow| multiple(round, flow, reference)),
+        })
+        .collect();
+    FlowSummary {
+        flow: name.to_owned(),
+        holds_per_sec: spread(&|_, flow| flow.holds_per_sec),
+        checkouts_per_sec: spread(&|_, flow| flow.checkouts_per_sec),
+        hold_p99_ms: spread(&|_, flow| flow.hold_latency_ms.p99),
+        multiples,
+    }
+}
+
+/// `flow`'s holds/s as a multiple of `reference`'s in the same round (0 without it).
+fn multiple(round: &Report, flow: &FlowReport, reference: &str) -> f64 {
+    let found = round.references.iter().find(|r| r.name == reference);
+    match found {
+        Some(r) if r.holds_per_sec > 0.0 => flow.holds_per_sec / r.holds_per_sec,
+        _ => 0.0,
+    }
+}
+
+/// The round whose first flow's multiple of the first reference (or holds/s) is the median (the
+/// lower middle one of an even count).
+fn median_round(rounds: &[Report]) -> usize {
+    let key = |round: &Report| {
+        let Some(flow) = round.flows.first() else {
+            return 0.0;
+        };
+        match round.references.first() {
+            Some(reference) => multiple(round, flow, &reference.name),
+            None => flow.holds_per_sec,
+        }
+    };
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|&a, &b| key(&rounds[a]).total_cmp(&key(&rounds[b])));
+    order
+        .get(rounds.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
+}
+
 pub(super) fn render(header: &[String], rows: &[(String, Vec<String>)]) -> String {
     let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..header.len())
@@ -364,5 +554,34 @@ pub(super) fn percentiles(histogram: &Histogram<u64>, divisor: f64) -> Percentil
         p90: at(0.9),
         p99: at(0.99),
         max: histogram.max() as f64 / divisor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_is_the_median_and_the_extremes() {
+        let spread = |values: &[f64]| Spread::of(values.to_vec());
+        assert_eq!(spread(&[]), None);
+        let one = Spread {
+            median: 2.0,
+            min: 2.0,
+            max: 2.0,
+        };
+        assert_eq!(spread(&[2.0]), Some(one));
+        let odd = Spread {
+            median: 4.6,
+            min: 4.4,
+            max: 5.0,
+        };
+        assert_eq!(spread(&[5.0, 4.4, 4.6]), Some(odd));
+        let even = Spread {
+            median: 3.0,
+            min: 1.0,
+            max: 9.0,
+        };
+        assert_eq!(spread(&[9.0, 1.0, 4.0, 2.0]), Some(even));
     }
 }

@@ -1,7 +1,7 @@
 //! `tickethold bench` runs end to end: a small flash sale on the embedded flow, checked by the
 //! bench itself (no oversell, no undersell, every expiry announced), with the references beside
-//! it, and its JSON report; and a small crowd of countdown subscribers, every tick of which must
-//! arrive.
+//! it, and its JSON report, alone or as rounds with their summary; and a small crowd of
+//! countdown subscribers, every tick of which must arrive.
 
 use std::process::Command;
 
@@ -88,6 +88,65 @@ fn a_small_flash_sale_passes_the_bench_checks() {
             "{report}"
         );
     }
+}
+
+/// `--rounds 2`: both rounds reported whole, and the summary of each flow's figures and of its
+/// multiples of the references, taken within each round.
+#[test]
+fn rounds_are_reported_each_and_summarised() {
+    let output = Command::new(BINARY)
+        .args("bench --flow sqlite --buyers 60 --capacity 20 --concurrency 8".split(' '))
+        .args("--ttl-secs 1 --warmup 0 --references --rounds 2 --json".split(' '))
+        .args(["--postgres-url", &crate::support::db::postgres_admin_url()])
+        .args(["--redis-url", &crate::support::db::redis_url()])
+        .output()
+        .expect("run tickethold bench --rounds 2");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    let rounds = report["rounds"].as_array().expect("the rounds");
+    assert_eq!(rounds.len(), 2, "{report}");
+    for round in rounds {
+        assert_eq!(round["flows"][0]["succeeded"], 20, "{report}");
+        assert_eq!(round["references"].as_array().unwrap().len(), 3, "{report}");
+    }
+    let summary = &report["summary"];
+    assert_eq!(summary["rounds"], 2, "{report}");
+    assert!(summary["median_round"].as_u64().unwrap() < 2, "{report}");
+    let flow = &summary["flows"][0];
+    assert_eq!(flow["flow"], "sqlite", "{report}");
+    let rates: Vec<f64> = rounds
+        .iter()
+        .map(|round| round["flows"][0]["holds_per_sec"].as_f64().unwrap())
+        .collect();
+    let holds = &flow["holds_per_sec"];
+    assert_eq!(
+        holds["min"].as_f64().unwrap(),
+        rates[0].min(rates[1]),
+        "{report}"
+    );
+    assert_eq!(
+        holds["max"].as_f64().unwrap(),
+        rates[0].max(rates[1]),
+        "{report}"
+    );
+    let floor = &flow["multiples"][2];
+    assert_eq!(floor["reference"], "request floor", "{report}");
+    let multiples: Vec<f64> = rounds
+        .iter()
+        .map(|round| {
+            let flow = round["flows"][0]["holds_per_sec"].as_f64().unwrap();
+            flow / round["references"][2]["holds_per_sec"].as_f64().unwrap()
+        })
+        .collect();
+    let median = (multiples[0] + multiples[1]) / 2.0;
+    let summarised = floor["times"]["median"].as_f64().unwrap();
+    assert!((summarised - median).abs() < 1e-9, "{median} {report}");
 }
 
 #[test]
