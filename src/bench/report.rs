@@ -353,8 +353,8 @@ pub struct Multiple {
     pub times: Spread,
 }
 
-/// The median, lowest and highest of one figure over the rounds.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+/// The median, lowest and highest of one figure over the rounds (all 0 for none).
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct Spread {
     pub median: f64,
     pub min: f64,
@@ -455,11 +455,7 @@ fn flow_summary(rounds: &[Report], name: &str) -> FlowSummary {
         .collect();
     let spread = |figure: &dyn Fn(&Report, &FlowReport) -> f64| {
         let values = of_flow.iter().map(|(round, flow)| figure(round, flow));
-        Spread::of(values.collect()).unwrap_or(Spread {
-            median: 0.0,
-            min: 0.0,
-            max: 0.0,
-        })
+        Spread::of(values.collect()).unwrap_or_default()
     };
     let references: Vec<&str> = rounds
         .first()

@@ -9,40 +9,24 @@ use crate::support::process::BINARY;
 
 #[test]
 fn a_small_flash_sale_passes_the_bench_checks() {
-    let output = Command::new(BINARY)
-        .args([
-            "bench",
-            "--flow",
-            "sqlite",
-            "--buyers",
-            "200",
-            "--capacity",
-            "50",
-            "--max-per-customer",
-            "1",
-        ])
-        .args([
-            "--concurrency",
-            "8",
-            "--ttl-secs",
-            "1",
-            "--warmup",
-            "40",
-            "--references",
-            "--json",
-        ])
-        .args(["--postgres-url", &crate::support::db::postgres_admin_url()])
-        .args(["--redis-url", &crate::support::db::redis_url()])
-        .output()
-        .expect("run tickethold bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    let report = bench(&[
+        "--flow",
+        "sqlite",
+        "--buyers",
+        "200",
+        "--capacity",
+        "50",
+        "--max-per-customer",
+        "1",
+        "--concurrency",
+        "8",
+        "--ttl-secs",
+        "1",
+        "--warmup",
+        "40",
+        "--references",
+        "--json",
+    ]);
     let flow = &report["flows"][0];
     assert_eq!(flow["flow"], "sqlite", "{report}");
     assert_eq!(flow["attempts"], 200, "{report}");
@@ -94,21 +78,12 @@ fn a_small_flash_sale_passes_the_bench_checks() {
 /// multiples of the references, taken within each round.
 #[test]
 fn rounds_are_reported_each_and_summarised() {
-    let output = Command::new(BINARY)
-        .args("bench --flow sqlite --buyers 60 --capacity 20 --concurrency 8".split(' '))
-        .args("--ttl-secs 1 --warmup 0 --references --rounds 2 --json".split(' '))
-        .args(["--postgres-url", &crate::support::db::postgres_admin_url()])
-        .args(["--redis-url", &crate::support::db::redis_url()])
-        .output()
-        .expect("run tickethold bench --rounds 2");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let report = bench(
+        &"--flow sqlite --buyers 60 --capacity 20 --concurrency 8 --ttl-secs 1 --warmup 0 \
+          --references --rounds 2 --json"
+            .split_whitespace()
+            .collect::<Vec<_>>(),
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
     let rounds = report["rounds"].as_array().expect("the rounds");
     assert_eq!(rounds.len(), 2, "{report}");
     for round in rounds {
@@ -151,19 +126,11 @@ fn rounds_are_reported_each_and_summarised() {
 
 #[test]
 fn a_small_crowd_gets_every_countdown_tick() {
-    let output = Command::new(BINARY)
-        .args("bench --crowd --flow sqlite --crowd-holds 300".split(' '))
-        .args("--crowd-subscribers 50 --crowd-seconds 3 --json".split(' '))
-        .output()
-        .expect("run tickethold bench --crowd");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench --crowd failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let report = bench(
+        &"--crowd --flow sqlite --crowd-holds 300 --crowd-subscribers 50 --crowd-seconds 3 --json"
+            .split_whitespace()
+            .collect::<Vec<_>>(),
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
     assert_eq!(report["target"], "sqlite", "{report}");
     assert_eq!(report["holds_created"], 300, "{report}");
     assert_eq!(report["subscribers_open"], 50, "{report}");
@@ -178,4 +145,24 @@ fn a_small_crowd_gets_every_countdown_tick() {
         "{report}"
     );
     assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+}
+
+/// Runs `tickethold bench` with `args` (and the test's PostgreSQL and Redis), which must succeed,
+/// and reads its JSON report.
+fn bench(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(BINARY)
+        .arg("bench")
+        .args(args)
+        .args(["--postgres-url", &crate::support::db::postgres_admin_url()])
+        .args(["--redis-url", &crate::support::db::redis_url()])
+        .output()
+        .expect("run tickethold bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).expect("a JSON report")
 }
