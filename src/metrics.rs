@@ -38,6 +38,24 @@ pub fn count_task_panic(task: &str) {
     TASK_PANICS.with_label_values(&[task]).inc();
 }
 
+/// Batches of hold requests by how the hold writer decided them (see `store::db::batch`):
+/// `read` (answered from a read, nothing to take), `at_once` (written in one statement),
+/// `locked` (in a transaction under the ticket types' lock: SQLite, or on PostgreSQL after the
+/// stock changed between the read and the write), `one_by_one` (after a batch failed).
+/// Process-wide, like `TASK_PANICS`.
+static HOLD_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "hold_batches_total",
+        "Batches of hold requests of the database flow, by how they were decided.",
+    );
+    IntCounterVec::new(opts, &["how"]).expect("a valid counter")
+});
+
+/// Counts a batch of hold requests decided `how`.
+pub fn count_hold_batch(how: &str) {
+    HOLD_BATCHES.with_label_values(&[how]).inc();
+}
+
 /// The service's metrics, in a registry of their own (tests run several servers in one
 /// process). Cheap to clone: one reference count (each metric is one of its own).
 #[derive(Clone)]
@@ -115,6 +133,7 @@ impl Metrics {
             Box::new(subscriptions_active.clone()),
             Box::new(request_duration.clone()),
             Box::new(TASK_PANICS.clone()),
+            Box::new(HOLD_BATCHES.clone()),
         ] {
             registry
                 .register(collector)

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_tables;
 mod m20261126_000002_hold_revision;
 mod m20261127_000003_holds_customer_event;
+mod m20261128_000004_changed_since_read;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_hold_revision::Migration),
             Box::new(m20261127_000003_holds_customer_event::Migration),
+            Box::new(m20261128_000004_changed_since_read::Migration),
         ]
     }
 }

@@ -1,12 +1,12 @@
 //! Contention: a flash sale in miniature. 500 buyers ask for 1 ticket each, all at once, of a
 //! ticket type with 100: exactly 100 holds, 400 `SOLD_OUT`, and the counters still add up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, Database, DbBackend, EntityTrait, Statement, TransactionTrait};
 use tickethold::domain::{
     CheckoutRequest, CustomerId, EventId, Hold, HoldId, HoldRequest, HoldStatus, Limits, Millis,
     NewTicketType, Order, Rejection, TicketTypeId,
@@ -14,8 +14,8 @@ use tickethold::domain::{
 use tickethold::events::{Change, Topic};
 use tickethold::store::HoldStore;
 use tickethold::store::db::{
-    Kept, batch_statements, committed, connect, hold_ids_by_idempotency_keys,
-    hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
+    Kept, Written, batch_statements, committed, connect, hold_and_take_unchanged,
+    hold_ids_by_idempotency_keys, hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
 };
 
 use crate::support::db::redis_url;
@@ -742,4 +742,197 @@ async fn buyers_pay_and_give_up_at_once_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyers_pay_and_give_up_at_once_on_postgres() {
     buyers_pay_and_give_up_at_once(TestDb::postgres().await).await;
+}
+
+/// On PostgreSQL a batch of holds is decided from a read without a lock and written in one
+/// statement, on the condition that its ticket types did not change since the read. Here
+/// another instance's batch takes 2 of 3 tickets between the read and the write of a hold of 2
+/// (it has the row locked when the write comes): the write is refused whole and the hold decided
+/// again under the lock, against the one ticket left; nothing of the first decision remains.
+#[tokio::test]
+async fn a_hold_whose_stock_changed_between_its_read_and_its_write_is_decided_again_on_postgres() {
+    let db = TestDb::postgres().await;
+    let limits = Limits::default();
+    let (store, _bus) = db.store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Hot".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let request = |customer: &str, quantity: i64| {
+        let customer = CustomerId::new(customer.into(), &limits).unwrap();
+        let items = [(ticket_type.id, quantity)];
+        HoldRequest::new(event.id, customer, items, None, None, &limits).unwrap()
+    };
+
+    let other = Database::connect(db.url()).await.unwrap();
+    let theirs = other.begin().await.unwrap();
+    let their_hold = uuid::Uuid::new_v4();
+    theirs
+        .execute_unprepared(&format!(
+            "INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at)
+             VALUES ('{their_hold}', '{event}', 'theirs', 'ACTIVE', {now}, {later});
+             INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
+             VALUES ('{their_hold}', '{tt}', 2);
+             UPDATE ticket_types SET held = held + 2, version = version + 1 WHERE id = '{tt}'",
+            event = event.id,
+            tt = ticket_type.id,
+            now = now.0,
+            later = now.0 + 600_000,
+        ))
+        .await
+        .unwrap();
+    let mine = tokio::spawn({
+        let store = store.clone();
+        let request = request("mine", 2);
+        async move { store.hold(request, now).await }
+    });
+    wait_for_a_lock_wait(&other).await;
+    theirs.commit().await.unwrap();
+
+    let mine = mine.await.unwrap().unwrap();
+    assert!(
+        matches!(mine, Err(Rejection::SoldOut { available: 1, .. })),
+        "{mine:?}"
+    );
+    let last = store.hold(request("last", 1), now).await.unwrap();
+    assert!(last.is_ok(), "{last:?}");
+    let mine_written = other
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM holds WHERE customer_id = 'mine'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mine_written.try_get::<i64>("", "n").unwrap(), 0);
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}
+
+/// Waits until a statement of the database of `conn` waits for a lock.
+async fn wait_for_a_lock_wait(conn: &impl ConnectionTrait) {
+    let waiting = Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT count(*) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let row = conn.query_one_raw(waiting.clone()).await.unwrap().unwrap();
+        if row.try_get::<i64>("", "n").unwrap() > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no statement waited for a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `hold_and_take_unchanged` writes the holds of a batch decided from a read, and takes their
+/// stock, only if what the decisions rested on did not change since the read: each ticket
+/// type's tickets available and, where a customer's limit applies, its version. Otherwise
+/// PostgreSQL refuses the statement whole (the stock of the ticket type that did not change,
+/// and the holds, are not written either).
+#[tokio::test]
+async fn a_batch_written_at_once_is_refused_whole_when_its_stock_changed_since_its_read_on_postgres()
+ {
+    let db = TestDb::postgres().await;
+    let limits = Limits::default();
+    let (store, _bus) = db.store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Two".into(), now).await.unwrap();
+    let new =
+        |name: &str, max| NewTicketType::new(event.id, name.into(), 100, 10, max, &limits).unwrap();
+    let a = store
+        .create_ticket_type(new("A", None), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .create_ticket_type(new("B", Some(4)), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let conn = connect(db.url(), 1).await.unwrap();
+    let mut kept = Kept::of(&conn).unwrap();
+    let read = || async {
+        let types = entity::ticket_type::Entity::find()
+            .all(&conn)
+            .await
+            .unwrap();
+        types
+            .into_iter()
+            .map(|tt| (TicketTypeId(tt.id), tt))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let customer = CustomerId::new("buyer".into(), &limits).unwrap();
+    let items = [(a.id, 1), (b.id, 1)];
+    let request = HoldRequest::new(event.id, customer, items, None, None, &limits).unwrap();
+    let hold = request.hold_at(now);
+    let taken = BTreeMap::from([(a.id, 1), (b.id, 1)]);
+    let change = |sql: &str, id: TicketTypeId| {
+        let sql = format!("UPDATE ticket_types SET {sql} WHERE id = '{id}'");
+        let conn = &conn;
+        async move { conn.execute_unprepared(&sql).await.unwrap() }
+    };
+    let written = |stock: &[(TicketTypeId, i32)]| {
+        let stock = stock.to_vec();
+        let conn = &conn;
+        async move {
+            let holds = conn
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT count(*) AS n FROM holds",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "n")
+                .unwrap();
+            let types = entity::ticket_type::Entity::find().all(conn).await.unwrap();
+            let held: Vec<(TicketTypeId, i32)> = types
+                .iter()
+                .map(|tt| (TicketTypeId(tt.id), tt.held))
+                .collect();
+            let mut expected = stock;
+            expected.sort();
+            let mut held = held;
+            held.sort();
+            (holds, held == expected)
+        }
+    };
+
+    // B has a limit per customer: its version moving is enough (a hold of the same customer
+    // on another instance, balanced by an expiry, changes nothing available).
+    let stale = read().await;
+    change("version = version + 1", b.id).await;
+    let refused = hold_and_take_unchanged(&mut kept, &[&hold], &taken, &stale).await;
+    assert!(refused.changed_since_read(), "B's version");
+    assert_eq!(written(&[(a.id, 0), (b.id, 0)]).await, (0, true));
+
+    // A's tickets available moved.
+    let stale = read().await;
+    change("held = held + 1", a.id).await;
+    let refused = hold_and_take_unchanged(&mut kept, &[&hold], &taken, &stale).await;
+    assert!(refused.changed_since_read(), "A's stock");
+    assert_eq!(written(&[(a.id, 1), (b.id, 0)]).await, (0, true));
+    change("held = held - 1", a.id).await;
+
+    // A has no limit: its version alone moving (a checkout, say) changes nothing decided.
+    let fresh = read().await;
+    change("version = version + 1", a.id).await;
+    let Written::Done(stock) = hold_and_take_unchanged(&mut kept, &[&hold], &taken, &fresh).await
+    else {
+        panic!("not written");
+    };
+    let stock: Vec<(TicketTypeId, i32)> = stock
+        .iter()
+        .map(|tt| (TicketTypeId(tt.id), tt.held))
+        .collect();
+    let mut expected = vec![(a.id, 1), (b.id, 1)];
+    expected.sort();
+    assert_eq!(stock, expected);
+    assert_eq!(written(&[(a.id, 1), (b.id, 1)]).await, (1, true));
+    assert_eq!(store.verify().await.unwrap(), vec![]);
 }

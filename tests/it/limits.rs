@@ -326,6 +326,10 @@ async fn metrics_count_what_happened() {
         value("tickethold_rate_limited_total{scope=\"customer\"}"),
         1.0
     );
+    // Process-wide (every test's servers count there): at least this test's batches of holds,
+    // on SQLite decided under the lock, and the refusal of "d" once sold out from a read.
+    assert!(value("tickethold_hold_batches_total{how=\"locked\"}") >= 3.0);
+    assert!(value("tickethold_hold_batches_total{how=\"read\"}") >= 1.0);
     assert_eq!(value("tickethold_expiry_lag_seconds_count"), 1.0);
     assert!(value("tickethold_expiry_lag_seconds_sum") < 2.0);
     assert_eq!(

@@ -1,20 +1,28 @@
 //! Group commit of holds. Concurrent hold requests queue here; one task takes every request
-//! waiting and decides them all in a single transaction: it locks the ticket types they touch
-//! (ascending id), reads the customers' counts and the holds already made under the requests'
-//! idempotency keys once, decides each request in arrival order in memory (a retry of a hold
-//! made, or all-or-nothing, limits, stock), then raises each ticket type's `held` once, writes
-//! the new holds in a few statements and commits once. A flash sale of N buyers pays for a
-//! handful of round trips and commits (each a disk flush holding the hot row's lock) instead of
-//! N transactions that would queue one by one on the hot row's lock.
+//! waiting and decides them all together: from the ticket types they touch, the customers'
+//! counts and the holds already made under the requests' idempotency keys, read once, it
+//! decides each request in arrival order in memory (a retry of a hold made, or all-or-nothing,
+//! limits, stock), then raises each ticket type's `held` once and writes the new holds in one
+//! commit. A flash sale of N buyers pays for a handful of round trips and commits (each a disk
+//! flush holding the hot row's lock) instead of N transactions that would queue one by one on
+//! the hot row's lock.
 //!
-//! Once a ticket type is sold out, most requests of a flash sale are refusals. While the last
-//! look found a ticket type of the batch with nothing available, the batch is first *sifted*
-//! without a transaction or a lock: the committed ticket types, limits and idempotency keys are
-//! read, and requests are decided against them in arrival order up to the first that could take
-//! stock. Those (refusals, and retries of committed holds) are answered at once, as they would
-//! have been by a transaction at that instant; the rest go on to the transaction as above. In
-//! a sale that is sold out, a batch costs a read instead of a transaction that locks the hot
-//! row: on PostgreSQL one statement, on a connection the writer keeps (one round trip).
+//! On PostgreSQL a batch is decided from a read without a lock and written in one statement
+//! that is its own transaction (`at_once`): two round trips on a connection the writer keeps,
+//! the hot row locked only by the write and its commit. The write takes effect only if no
+//! ticket type of the batch changed since the read in what the decisions rested on (its
+//! tickets available; its version where a customer's limit applies): then the answers are those
+//! of a transaction that had locked the ticket types at the read. Otherwise (another instance
+//! took stock, an expiry gave some back) PostgreSQL refuses the write whole and the batch goes
+//! to a transaction that locks the ticket types (ascending id) before it reads, as every batch
+//! on SQLite does (`together`). A batch with nothing to take, the refusals of a sold-out sale,
+//! is answered from the read alone.
+//!
+//! On SQLite, while the last look found a ticket type of the batch with nothing available, the
+//! batch is first *sifted* from committed rows without a transaction: requests are decided
+//! against them in arrival order up to the first that could take stock. Those (refusals, and
+//! retries of committed holds) are answered at once, as they would have been by a transaction
+//! at that instant; the rest go on to the transaction.
 //!
 //! Answers are sent after the commit, so an acknowledged hold is a committed hold. A batch that
 //! fails before its commit (a deadlock with another instance, an idempotency key taken twice) is
@@ -28,7 +36,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Transact
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::connect::Kept;
+use super::connect::{Kept, Written};
 use super::convert::availability_of;
 use super::{queries, take_stock};
 use crate::domain::{Hold, HoldId, HoldRequest, Millis, Rejection, TicketTypeId};
@@ -115,11 +123,34 @@ async fn write(db: &DatabaseConnection, bus: &Bus, receiver: &mut mpsc::Receiver
     let mut sold_out: BTreeSet<TicketTypeId> = BTreeSet::new();
     let mut kept = Kept::of(db);
     while let Some(mut jobs) = crate::store::next_batch(receiver, BATCH_MAX).await {
-        let touches_sold_out = jobs
+        if let Some(kept) = kept.as_mut() {
+            match at_once(db, kept, &jobs).await {
+                Ok(Some(decided)) => {
+                    let how = if decided.stock.is_empty() {
+                        "read"
+                    } else {
+                        "at_once"
+                    };
+                    crate::metrics::count_hold_batch(how);
+                    answer(bus, jobs, decided);
+                    continue;
+                }
+                // The stock changed since the read: decided again under the lock.
+                Ok(None) => {}
+                // Nothing was changed: the transaction decides every request.
+                Err(Failed::BeforeCommit(error)) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "writing a batch of holds at once failed");
+                }
+                Err(Failed::AtCommit(error)) => {
+                    unknown(jobs, &error);
+                    continue;
+                }
+            }
+        } else if jobs
             .iter()
-            .any(|job| job.request.items.keys().any(|id| sold_out.contains(id)));
-        if touches_sold_out {
-            match sift(db, kept.as_mut(), &jobs).await {
+            .any(|job| job.request.items.keys().any(|id| sold_out.contains(id)))
+        {
+            match sift(db, &jobs).await {
                 Ok(sifted) => {
                     note_stock(&mut sold_out, &sifted.available);
                     let rest = jobs.split_off(sifted.answers.len());
@@ -134,40 +165,49 @@ async fn write(db: &DatabaseConnection, bus: &Bus, receiver: &mut mpsc::Receiver
                 }
             }
             if jobs.is_empty() {
+                crate::metrics::count_hold_batch("read");
                 continue;
             }
         }
         match together(db, &jobs).await {
             Ok(decided) => {
+                crate::metrics::count_hold_batch("locked");
                 note_stock(&mut sold_out, &decided.available);
-                publish(bus, decided.stock);
-                for (job, answer) in jobs.into_iter().zip(decided.answers) {
-                    job.reply.send(Ok(answer)).ok();
-                }
+                answer(bus, jobs, decided);
             }
             // Nothing was committed: each request again, in a transaction of its own.
             Err(Failed::BeforeCommit(error)) => {
                 if jobs.len() > 1 {
                     tracing::warn!(error = %crate::error_chain(&error), jobs = jobs.len(), "a batch of holds failed; running them one by one");
                 }
+                crate::metrics::count_hold_batch("one_by_one");
                 for job in jobs {
                     let answer = alone(db, bus, &job.request, job.now).await;
                     job.reply.send(answer).ok();
                 }
             }
-            // The commit may or may not have happened: running the requests again could make
-            // second holds, so they fail (a hold that was made expires as any other).
-            Err(Failed::AtCommit(error)) => {
-                tracing::error!(error = %crate::error_chain(&error), jobs = jobs.len(), "committing a batch of holds failed");
-                let message =
-                    "the outcome of the hold is unknown; ask again with an idempotency key";
-                for job in jobs {
-                    job.reply
-                        .send(Err(StoreError::Unavailable(message.into())))
-                        .ok();
-                }
-            }
+            Err(Failed::AtCommit(error)) => unknown(jobs, &error),
         }
+    }
+}
+
+/// Publishes the stock a committed batch took and answers its jobs.
+fn answer(bus: &Bus, jobs: Vec<Job>, decided: Decided) {
+    publish(bus, decided.stock);
+    for (job, answer) in jobs.into_iter().zip(decided.answers) {
+        job.reply.send(Ok(answer)).ok();
+    }
+}
+
+/// Fails the jobs of a batch whose commit may or may not have happened: running them again
+/// could make second holds (a hold that was made expires as any other).
+fn unknown(jobs: Vec<Job>, error: &StoreError) {
+    tracing::error!(error = %crate::error_chain(error), jobs = jobs.len(), "committing a batch of holds failed");
+    let message = "the outcome of the hold is unknown; ask again with an idempotency key";
+    for job in jobs {
+        job.reply
+            .send(Err(StoreError::Unavailable(message.into())))
+            .ok();
     }
 }
 
@@ -191,14 +231,11 @@ struct Sifted {
 }
 
 /// Decides, from committed rows read without locks, the jobs of the batch up to the first that
-/// could take stock. Each answer is the one a transaction of its own would have given at the
-/// instant of the read: a refusal (no stock was taken before it in the batch, so the counters
-/// read are the whole story) or a retry of a hold that is committed.
-async fn sift(
-    db: &DatabaseConnection,
-    kept: Option<&mut Kept>,
-    jobs: &[Job],
-) -> StoreResult<Sifted> {
+/// could take stock (on SQLite: PostgreSQL decides every job from such a read, `at_once`).
+/// Each answer is the one a transaction of its own would have given at the instant of the
+/// read: a refusal (no stock was taken before it in the batch, so the counters read are the
+/// whole story) or a retry of a hold that is committed.
+async fn sift(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Sifted> {
     let ids: Vec<TicketTypeId> = requested_types(jobs).into_iter().collect();
     let keys = keys_of(jobs);
     let now = latest(jobs);
@@ -206,7 +243,7 @@ async fn sift(
         types,
         made,
         overdue,
-    } = queries::committed(db, kept, &ids, &keys, now).await?;
+    } = queries::committed(db, None, &ids, &keys, now).await?;
     let owned = owned_of(db, &types, jobs, now).await?;
     let mut ledger = Ledger::new(&types, owned, made);
     let mut decisions = Vec::new();
@@ -220,6 +257,69 @@ async fn sift(
         answers: answers_of(decisions, &with_some(overdue)),
         available: ledger.available(),
     })
+}
+
+/// On PostgreSQL, every job decided from committed rows read without a lock and what they take
+/// written in one statement, on the condition that what the decisions rest on did not change
+/// since the read (`queries::hold_and_take_unchanged`): two round trips on the writer's kept
+/// connection, the hot row locked only by the write and its commit. The answers are those of a
+/// transaction that had locked the ticket types at the read. `None` if the condition failed
+/// (another instance took stock, an expiry gave some back, an idempotency key was taken
+/// meanwhile): nothing was written, and the batch is for the transaction. A batch with
+/// nothing to take (the refusals of a sold-out sale, retries) is answered from the read alone.
+async fn at_once(
+    db: &DatabaseConnection,
+    kept: &mut Kept,
+    jobs: &[Job],
+) -> Result<Option<Decided>, Failed> {
+    let ids: Vec<TicketTypeId> = requested_types(jobs).into_iter().collect();
+    let keys = keys_of(jobs);
+    let now = latest(jobs);
+    let read = async {
+        let committed = queries::committed(db, Some(kept), &ids, &keys, now).await?;
+        let owned = owned_of(db, &committed.types, jobs, now).await?;
+        Ok((committed, owned))
+    };
+    let (committed, owned) = read.await.map_err(Failed::BeforeCommit)?;
+    let queries::Committed {
+        types,
+        made,
+        overdue,
+    } = committed;
+    let mut ledger = Ledger::new(&types, owned, made);
+    let decisions: Vec<Decision> = jobs.iter().map(|job| ledger.decide(job)).collect();
+    let holds = made_holds(&decisions);
+    let stock = if holds.is_empty() {
+        Vec::new()
+    } else {
+        match queries::hold_and_take_unchanged(kept, &holds, &ledger.taken, &types).await {
+            Written::Done(stock) => stock,
+            refused @ Written::Refused(_) if refused.changed_since_read() => return Ok(None),
+            // An idempotency key of the batch taken by another instance since the read.
+            refused @ Written::Refused(_) if refused.duplicate() => return Ok(None),
+            Written::Refused(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "writing a batch of holds at once failed; deciding it under the lock");
+                return Ok(None);
+            }
+            Written::Unknown(error) => return Err(Failed::AtCommit(error)),
+        }
+    };
+    Ok(Some(Decided {
+        answers: answers_of(decisions, &with_some(overdue)),
+        stock,
+        available: ledger.available(),
+    }))
+}
+
+/// The holds that `decisions` made.
+fn made_holds(decisions: &[Decision]) -> Vec<&Hold> {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Made(Ok(hold)) => Some(hold),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How a batch failed.
@@ -263,13 +363,7 @@ async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Deci
     let made = queries::hold_ids_by_idempotency_keys(txn, &keys_of(jobs)).await?;
     let mut ledger = Ledger::new(&types, owned, made);
     let decisions: Vec<Decision> = jobs.iter().map(|job| ledger.decide(job)).collect();
-    let holds: Vec<&Hold> = decisions
-        .iter()
-        .filter_map(|d| match d {
-            Decision::Made(Ok(hold)) => Some(hold),
-            _ => None,
-        })
-        .collect();
+    let holds = made_holds(&decisions);
     let stock = queries::hold_and_take(txn, &holds, &ledger.taken).await?;
     let available = ledger.available();
     let outcomes = decisions.iter().filter_map(|d| match d {

@@ -13,6 +13,8 @@ use sea_orm::{
     ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, QueryResult, RuntimeErr,
 };
 
+use crate::store::StoreError;
+
 /// How long opening a connection, or waiting for one from a pool, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -220,8 +222,73 @@ impl Kept {
             Ok(rows) => Ok(rows.into_iter().map(Into::into).collect()),
             Err(error) => {
                 self.connection = None;
-                Err(DbErr::Query(RuntimeErr::SqlxError(error.into())))
+                Err(sqlx_error(error))
             }
         }
     }
+
+    /// Runs `query`, a statement that changes rows and is its own transaction (no `BEGIN`:
+    /// PostgreSQL commits it, or undoes all of it, before it answers), once. One that the
+    /// server refused wrote nothing; one whose answer was lost with the connection may have
+    /// committed, and is not run again.
+    pub async fn write<'q>(&mut self, query: Query<'q, Postgres, PgArguments>) -> Written {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            None => match session(&self.options).await {
+                Ok(opened) => self.connection.insert(opened),
+                Err(error) => return Written::Refused(error.into()),
+            },
+        };
+        match query.fetch_all(&mut *connection).await {
+            Ok(rows) => Written::Done(rows.into_iter().map(Into::into).collect()),
+            Err(error @ sea_orm::sqlx::Error::Database(_)) => {
+                Written::Refused(sqlx_error(error).into())
+            }
+            Err(error) => {
+                if let Some(connection) = self.connection.take() {
+                    connection.close_hard().await.ok();
+                }
+                Written::Unknown(sqlx_error(error).into())
+            }
+        }
+    }
+}
+
+/// What a statement run by `Kept::write` came to: its rows, or what they were read into.
+pub enum Written<T = Vec<QueryResult>> {
+    Done(T),
+    /// Refused by the server (or never sent): nothing of it was written.
+    Refused(StoreError),
+    /// No answer: it may have committed or not.
+    Unknown(StoreError),
+}
+
+impl<T> Written<T> {
+    /// Whether the server refused the statement because rows it was to write changed since they
+    /// were read (`serialization_failure`, as `tickethold_changed_since_read` raises it).
+    pub fn changed_since_read(&self) -> bool {
+        self.refused_with("40001")
+    }
+
+    /// Whether the server refused the statement for a row that a unique index has already
+    /// (`unique_violation`).
+    pub fn duplicate(&self) -> bool {
+        self.refused_with("23505")
+    }
+
+    /// Whether the server refused the statement with the SQLSTATE `code`.
+    fn refused_with(&self, code: &str) -> bool {
+        let Written::Refused(StoreError::Db(DbErr::Query(RuntimeErr::SqlxError(error)))) = self
+        else {
+            return false;
+        };
+        error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .is_some_and(|found| found == code)
+    }
+}
+
+fn sqlx_error(error: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(error.into()))
 }

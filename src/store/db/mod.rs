@@ -16,10 +16,10 @@ pub(crate) mod convert;
 mod endings;
 pub(crate) mod queries;
 
-pub use connect::{Kept, connect};
+pub use connect::{Kept, Written, connect};
 #[doc(hidden)]
 pub use queries::{
-    Committed, batch_statements, committed, hold_ids_by_idempotency_keys,
+    Committed, batch_statements, committed, hold_and_take_unchanged, hold_ids_by_idempotency_keys,
     hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
 };
 

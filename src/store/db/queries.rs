@@ -1,7 +1,8 @@
 //! The statements of the database flow, each a small function over a connection or a
-//! transaction. Stock counters only move through `take_held`, `return_held`, `sell_held` and
-//! (Redis flow) `sell_double_checked`, each a conditional `UPDATE ... RETURNING` that locks the
-//! ticket type row.
+//! transaction. Stock counters only move through `take_held`, `return_held`, `sell_held`,
+//! (batches of holds) `hold_and_take` and `hold_and_take_unchanged`, and (Redis flow)
+//! `sell_double_checked`, each a conditional `UPDATE ... RETURNING` that locks the ticket type
+//! row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -14,7 +15,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::connect::Kept;
+use super::connect::{Kept, Written};
 use super::convert;
 use crate::domain::{
     CheckoutRequest, CustomerId, Event, EventId, Hold, HoldId, HoldStatus, Millis, NewTicketType,
@@ -400,30 +401,21 @@ pub async fn hold_and_take(
     Ok(stock.into_values().collect())
 }
 
-/// The statement of `hold_and_take` on PostgreSQL, its rows as arrays.
+/// The statement of `hold_and_take` on PostgreSQL.
 fn hold_and_take_statement(holds: &[&Hold], taken: &BTreeMap<TicketTypeId, i32>) -> Statement {
-    let items = || {
-        holds
-            .iter()
-            .flat_map(|hold| hold.items.iter().map(move |item| (hold, item)))
-    };
+    let columns = NewHolds::of(holds);
     let values = [
-        array(holds.iter().map(|h| h.id.0)),
-        array(holds.iter().map(|h| h.event_id.0)),
-        array(holds.iter().map(|h| h.customer_id.as_str().to_owned())),
+        array(columns.ids.into_iter()),
+        array(columns.events.into_iter()),
+        array(columns.customers.into_iter()),
         HoldStatus::Active.as_str().into(),
-        array(holds.iter().map(|h| h.created_at.0)),
-        array(holds.iter().map(|h| h.expires_at.0)),
-        // Without a key: an empty text and false (the binding takes no NULL in an array).
-        array(
-            holds
-                .iter()
-                .map(|h| h.idempotency_key.clone().unwrap_or_default()),
-        ),
-        array(holds.iter().map(|h| h.idempotency_key.is_some())),
-        array(items().map(|(hold, _)| hold.id.0)),
-        array(items().map(|(_, item)| item.ticket_type_id.0)),
-        array(items().map(|(_, item)| item.quantity as i32)),
+        array(columns.created_at.into_iter()),
+        array(columns.expires_at.into_iter()),
+        array(columns.keys.into_iter()),
+        array(columns.keyed.into_iter()),
+        array(columns.item_holds.into_iter()),
+        array(columns.item_types.into_iter()),
+        array(columns.item_quantities.into_iter()),
         array(taken.keys().map(|id| id.0)),
         array(taken.values().copied()),
     ];
@@ -438,14 +430,57 @@ where
     values.collect::<Vec<T>>().into()
 }
 
+/// New holds and their items as the arrays that `NEW_HOLDS` unnests ($1 to $3 and $5 to $11).
+struct NewHolds {
+    ids: Vec<Uuid>,
+    events: Vec<Uuid>,
+    customers: Vec<String>,
+    created_at: Vec<i64>,
+    expires_at: Vec<i64>,
+    /// Without a key: an empty text and false (the binding takes no NULL in an array).
+    keys: Vec<String>,
+    keyed: Vec<bool>,
+    item_holds: Vec<Uuid>,
+    item_types: Vec<Uuid>,
+    item_quantities: Vec<i32>,
+}
+
+impl NewHolds {
+    fn of(holds: &[&Hold]) -> NewHolds {
+        let items = || {
+            holds
+                .iter()
+                .flat_map(|hold| hold.items.iter().map(move |item| (hold, item)))
+        };
+        NewHolds {
+            ids: holds.iter().map(|h| h.id.0).collect(),
+            events: holds.iter().map(|h| h.event_id.0).collect(),
+            customers: holds
+                .iter()
+                .map(|h| h.customer_id.as_str().to_owned())
+                .collect(),
+            created_at: holds.iter().map(|h| h.created_at.0).collect(),
+            expires_at: holds.iter().map(|h| h.expires_at.0).collect(),
+            keys: holds
+                .iter()
+                .map(|h| h.idempotency_key.clone().unwrap_or_default())
+                .collect(),
+            keyed: holds.iter().map(|h| h.idempotency_key.is_some()).collect(),
+            item_holds: items().map(|(hold, _)| hold.id.0).collect(),
+            item_types: items().map(|(_, item)| item.ticket_type_id.0).collect(),
+            item_quantities: items().map(|(_, item)| item.quantity as i32).collect(),
+        }
+    }
+}
+
 /// The holds of a batch ($1 to $8: ids, events, customers, the active status, created_at,
-/// expires_at, idempotency keys and whether each has one), their items ($9 to $11: holds,
-/// ticket types, quantities) and the stock they take ($12, $13: ticket types, quantities), in
-/// one round trip where they took three: data-modifying `WITH` clauses, whose foreign keys are
-/// checked at the statement's end. The `UPDATE` keeps the condition of `take_held`; a ticket
-/// type it leaves out fails the batch, and its transaction is rolled back with the holds.
-const HOLD_AND_TAKE: &str = r#"
-    WITH new_holds AS (
+/// expires_at, idempotency keys and whether each has one) and their items ($9 to $11: holds,
+/// ticket types, quantities), inserted by data-modifying `WITH` clauses (their foreign keys are
+/// checked at the statement's end), before the `UPDATE` of the stock they take.
+macro_rules! new_holds {
+    () => {
+        r#"
+    new_holds AS (
         INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
                            idempotency_key)
         SELECT h.id, h.event_id, h.customer_id, $4, h.created_at, h.expires_at,
@@ -456,13 +491,119 @@ const HOLD_AND_TAKE: &str = r#"
     ), new_items AS (
         INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
         SELECT * FROM unnest($9::uuid[], $10::uuid[], $11::int4[])
-    )
+    )"#
+    };
+}
+
+/// The holds of a batch (`new_holds`) and the stock they take ($12, $13: ticket types,
+/// quantities), in one round trip where they took three. The `UPDATE` keeps the condition of
+/// `take_held`; a ticket type it leaves out fails the batch, and its transaction is rolled back
+/// with the holds.
+const HOLD_AND_TAKE: &str = concat!(
+    "WITH",
+    new_holds!(),
+    r#"
     UPDATE ticket_types
     SET held = held + taken.quantity, version = version + 1
     FROM unnest($12::uuid[], $13::int4[]) AS taken (id, quantity)
     WHERE ticket_types.id = taken.id
       AND ticket_types.capacity - ticket_types.sold - ticket_types.held >= taken.quantity
-    RETURNING ticket_types.*"#;
+    RETURNING ticket_types.*"#
+);
+
+/// `hold_and_take` without a transaction, for holds decided from ticket types read without a
+/// lock (`read`): one statement, its own transaction, on the writer's kept connection (one
+/// round trip, where a transaction over a pooled connection makes seven). It writes only if
+/// no ticket type of `taken` changed since its read in what the decisions rested on: its
+/// tickets available (any change of stock of another instance, an expiry, a release; a
+/// checkout turns held tickets into sold ones and changes nothing available) and, where a
+/// customer's limit applies, its `version` too (a hold of the same customer on another
+/// instance could be all that changed, balanced by an expiry). Otherwise PostgreSQL refuses it
+/// whole (`Written::changed_since_read`), holds included, and the batch is decided again
+/// under the ticket types' lock.
+pub async fn hold_and_take_unchanged(
+    kept: &mut Kept,
+    holds: &[&Hold],
+    taken: &BTreeMap<TicketTypeId, i32>,
+    read: &BTreeMap<TicketTypeId, ticket_type::Model>,
+) -> Written<Vec<ticket_type::Model>> {
+    let mut expected_available = Vec::with_capacity(taken.len());
+    let mut expected_version = Vec::with_capacity(taken.len());
+    for id in taken.keys() {
+        let Some(tt) = read.get(id) else {
+            let error = StoreError::Invariant(format!("ticket type {id} taken but not read"));
+            return Written::Refused(error);
+        };
+        expected_available.push(tt.capacity - tt.sold - tt.held);
+        // -1: any version (versions start at 0).
+        expected_version.push(tt.max_per_customer.map_or(-1, |_| tt.version));
+    }
+    let columns = NewHolds::of(holds);
+    let query = sea_orm::sqlx::query(HOLD_AND_TAKE_UNCHANGED)
+        .bind(columns.ids)
+        .bind(columns.events)
+        .bind(columns.customers)
+        .bind(HoldStatus::Active.as_str())
+        .bind(columns.created_at)
+        .bind(columns.expires_at)
+        .bind(columns.keys)
+        .bind(columns.keyed)
+        .bind(columns.item_holds)
+        .bind(columns.item_types)
+        .bind(columns.item_quantities)
+        .bind(taken.keys().map(|id| id.0).collect::<Vec<Uuid>>())
+        .bind(taken.values().copied().collect::<Vec<i32>>())
+        .bind(expected_available)
+        .bind(expected_version);
+    let rows = match kept.write(query).await {
+        Written::Done(rows) => rows,
+        Written::Refused(error) => return Written::Refused(error),
+        Written::Unknown(error) => return Written::Unknown(error),
+    };
+    let stock: Result<Vec<ticket_type::Model>, sea_orm::DbErr> = rows
+        .iter()
+        .map(|row| ticket_type::Model::from_query_result(row, ""))
+        .collect();
+    match stock {
+        Ok(mut stock) if stock.len() == taken.len() => {
+            stock.sort_by_key(|tt| tt.id);
+            Written::Done(stock)
+        }
+        // Committed, yet not as asked: nothing to answer the holds by.
+        Ok(_) => Written::Unknown(StoreError::Invariant(
+            "a ticket type taken was not written".into(),
+        )),
+        Err(error) => Written::Unknown(error.into()),
+    }
+}
+
+/// The statement of `hold_and_take_unchanged`: `new_holds`, then the stock taken ($12, $13:
+/// ticket types, quantities) where each ticket type has as many tickets available as read
+/// ($14) and, unless that is -1, the version read ($15); `tickethold_changed_since_read` fails
+/// the statement for the first that has not (a `CASE`, so that it is called only then). The
+/// ticket types are locked first, in ascending id order (`locked`), as every writer locks them,
+/// since an `UPDATE` locks its rows in whatever order its plan meets them.
+const HOLD_AND_TAKE_UNCHANGED: &str = concat!(
+    r#"
+    WITH locked AS MATERIALIZED (
+        SELECT id FROM ticket_types WHERE id = ANY($12::uuid[]) ORDER BY id FOR UPDATE
+    ),"#,
+    new_holds!(),
+    r#"
+    UPDATE ticket_types
+    SET held = held + taken.quantity, version = version + 1
+    FROM unnest($12::uuid[], $13::int4[], $14::int4[], $15::int8[])
+        AS taken (id, quantity, available_read, version_read)
+        JOIN locked ON locked.id = taken.id
+    WHERE ticket_types.id = taken.id
+      AND CASE
+          WHEN ticket_types.capacity - ticket_types.sold - ticket_types.held = taken.available_read
+               AND (taken.version_read = -1 OR ticket_types.version = taken.version_read)
+          THEN true
+          ELSE tickethold_changed_since_read(ticket_types.id)
+      END
+    RETURNING ticket_types.*"#
+);
 
 /// `LimitExceeded` if `quantity` more tickets would take the customer past the ticket type's
 /// `max_per_customer`.
