@@ -107,6 +107,9 @@ pub(super) async fn pool(url: &str, max_connections: u32) -> Result<DatabaseConn
         options
             .max_connections(1)
             .min_connections(1)
+            // In the process, its one connection cannot be lost on the way as a server's can:
+            // no ping (a round trip to SQLx's SQLite thread) before every statement.
+            .test_before_acquire(false)
             .map_sqlx_sqlite_opts(|options| {
                 options
                     .journal_mode(SqliteJournalMode::Wal)

@@ -959,7 +959,8 @@ pub struct Committed {
 /// `now`. On PostgreSQL (`kept` is then a connection of the caller's) one statement,
 /// `SIFT_READ`, reads the first two and whether any hold is overdue at all, and a second
 /// counts the overdue tickets only when one is (holds that the expiry timer has not reached
-/// yet: seldom). On SQLite the three statements run one after the other.
+/// yet: seldom). On SQLite one statement reads the same (`sift_read_sqlite`), and a second
+/// counts as on PostgreSQL.
 pub async fn committed(
     db: &DatabaseConnection,
     kept: Option<&mut Kept>,
@@ -968,11 +969,37 @@ pub async fn committed(
     now: Millis,
 ) -> StoreResult<Committed> {
     let Some(kept) = kept else {
-        return Ok(Committed {
-            types: ticket_types(db, ids).await?,
-            made: hold_ids_by_idempotency_keys(db, pairs).await?,
-            overdue: overdue_held(db, ids, now).await?,
-        });
+        let rows = db.query_all_raw(sift_read_sqlite(ids, pairs, now)).await?;
+        let mut committed = Committed {
+            types: BTreeMap::new(),
+            made: HashMap::new(),
+            overdue: BTreeMap::new(),
+        };
+        // The pairs found and the overdue check are on every row, and there is one at least.
+        let Some(first) = rows.first() else {
+            return Err(StoreError::Invariant("the sift read no row".into()));
+        };
+        let wanted: HashSet<&(&str, &str)> = pairs.iter().collect();
+        let made: Vec<(String, String, String)> =
+            serde_json::from_str(&first.try_get::<String>("", "made")?)
+                .map_err(|e| StoreError::Invariant(format!("the sift's holds made: {e}")))?;
+        for (id, customer, key) in made {
+            if wanted.contains(&(customer.as_str(), key.as_str())) {
+                let id = Uuid::parse_str(&id)
+                    .map_err(|e| StoreError::Invariant(format!("the sift's hold id: {e}")))?;
+                committed.made.insert((customer, key), id);
+            }
+        }
+        for row in &rows {
+            if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
+                let model = ticket_type::Model::from_query_result(row, "")?;
+                committed.types.insert(TicketTypeId(model.id), model);
+            }
+        }
+        if first.try_get::<bool>("", "any_overdue")? {
+            committed.overdue = overdue_held(db, ids, now).await?;
+        }
+        return Ok(committed);
     };
     let (ids_asked, customers, keys) = sift_read_arguments(ids, pairs);
     let query = || {
@@ -1093,21 +1120,58 @@ pub async fn overdue_held<C: ConnectionTrait>(
 /// after, and the statement first asks the `(status, expires_at)` index whether any active hold is overdue at
 /// all (an uncorrelated `EXISTS`, evaluated once) and joins nothing when none is.
 fn overdue_held_select(now: Millis) -> Select<hold_item::Entity> {
-    let overdue = || is_active().and(hold::Column::ExpiresAt.lte(now.0));
-    let any_overdue = Query::select()
-        .expr(Expr::val(1))
-        .from(hold::Entity)
-        .and_where(overdue())
-        .limit(1)
-        .to_owned();
     hold_item::Entity::find()
         .select_only()
         .column(hold_item::Column::TicketTypeId)
         .column_as(hold_item::Column::Quantity.sum(), "total")
         .inner_join(hold::Entity)
-        .filter(Expr::exists(any_overdue))
-        .filter(overdue())
+        .filter(any_overdue(now))
+        .filter(overdue(now))
         .group_by(hold_item::Column::TicketTypeId)
+}
+
+/// Active holds past their `expires_at` at `now`.
+fn overdue(now: Millis) -> Expr {
+    is_active().and(hold::Column::ExpiresAt.lte(now.0))
+}
+
+/// Whether any active hold is overdue at `now`: one probe of the `(status, expires_at)` index.
+fn any_overdue(now: Millis) -> Expr {
+    let first = Query::select()
+        .expr(Expr::val(1))
+        .from(hold::Entity)
+        .and_where(overdue(now))
+        .limit(1)
+        .to_owned();
+    Expr::exists(first)
+}
+
+/// `SIFT_READ` on SQLite, one round trip to SQLx's SQLite thread where three statements made
+/// six (each also pinged the connection as it went back to the pool): the holds made under
+/// `pairs` (both columns by their sets, as the unique index serves them; the exact pairs are
+/// kept by the caller), whether any hold is overdue at `now` and the ticket types `ids`. Ids
+/// are blobs in SQLite, and JSON holds no blob: the holds made are given in hex.
+pub fn sift_read_sqlite(ids: &[TicketTypeId], pairs: &[(&str, &str)], now: Millis) -> Statement {
+    let marks = |n: usize| vec!["?"; n].join(", ");
+    let sql = format!(
+        "SELECT ticket_types.*,
+                EXISTS (SELECT 1 FROM holds WHERE status = '{active}' AND expires_at <= ? LIMIT 1)
+                    AS any_overdue,
+                (SELECT json_group_array(json_array(hex(id), customer_id, idempotency_key))
+                 FROM holds
+                 WHERE customer_id IN ({customers}) AND idempotency_key IN ({keys})) AS made
+         FROM (SELECT 1) AS one
+         LEFT JOIN ticket_types ON ticket_types.id IN ({ids})",
+        customers = marks(pairs.len()),
+        keys = marks(pairs.len()),
+        ids = marks(ids.len()),
+        active = HoldStatus::Active.as_str(),
+    );
+    let mut values: Vec<sea_orm::Value> = vec![now.0.into()];
+    values.extend(pairs.iter().map(|(customer, _)| (*customer).into()));
+    values.extend(pairs.iter().map(|(_, key)| (*key).into()));
+    values.extend(ids.iter().map(|id| id.0.into()));
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
 }
 
 /// `holds.status = 'ACTIVE'`, with the status written into the statement, not bound. Given a
