@@ -32,7 +32,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use entity::ticket_type;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -357,10 +359,19 @@ async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Decided, Fail
 
 /// Decides every job inside `txn` and writes what they take (not committed).
 async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Decided> {
-    let types = queries::lock_ticket_types(txn, requested_types(jobs)).await?;
     let now = latest(jobs);
+    // On SQLite, one writer at a time: what the transaction reads stays so until it commits,
+    // and the sift's one statement reads it all (the overdue tickets too).
+    let (types, made, overdue) = if txn.get_database_backend() == DbBackend::Sqlite {
+        let ids: Vec<TicketTypeId> = requested_types(jobs).into_iter().collect();
+        let read = queries::committed_sqlite(txn, &ids, &keys_of(jobs), now).await?;
+        (read.types, read.made, Some(read.overdue))
+    } else {
+        let types = queries::lock_ticket_types(txn, requested_types(jobs)).await?;
+        let made = queries::hold_ids_by_idempotency_keys(txn, &keys_of(jobs)).await?;
+        (types, made, None)
+    };
     let owned = owned_of(txn, &types, jobs, now).await?;
-    let made = queries::hold_ids_by_idempotency_keys(txn, &keys_of(jobs)).await?;
     let mut ledger = Ledger::new(&types, owned, made);
     let decisions: Vec<Decision> = jobs.iter().map(|job| ledger.decide(job)).collect();
     let holds = made_holds(&decisions);
@@ -370,7 +381,10 @@ async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Deci
         Decision::Made(outcome) => Some(outcome),
         Decision::Retry(_) => None,
     });
-    let overdue = overdue_in_the_way(txn, outcomes, now).await?;
+    let overdue = match overdue {
+        Some(overdue) => with_some(overdue),
+        None => overdue_in_the_way(txn, outcomes, now).await?,
+    };
     Ok(Decided {
         answers: answers_of(decisions, &overdue),
         stock,

@@ -378,7 +378,24 @@ pub async fn hold_and_take(
     let changed_under_lock = |id: &TicketTypeId| {
         StoreError::Invariant(format!("ticket type {id} changed under its lock"))
     };
-    if txn.get_database_backend() != DbBackend::Postgres || holds.is_empty() {
+    if holds.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(statement) = hold_and_take_sqlite(txn.get_database_backend(), holds, taken) {
+        let mut stock = Vec::with_capacity(taken.len());
+        for row in txn.query_all_raw(statement).await? {
+            stock.push(ticket_type::Model::from_query_result(&row, "")?);
+        }
+        stock.sort_by_key(|tt| tt.id);
+        if let Some(id) = taken
+            .keys()
+            .find(|id| !stock.iter().any(|tt| tt.id == id.0))
+        {
+            return Err(changed_under_lock(id));
+        }
+        return Ok(stock);
+    }
+    if txn.get_database_backend() != DbBackend::Postgres {
         insert_holds(txn, holds).await?;
         let mut stock = Vec::with_capacity(taken.len());
         for (id, quantity) in taken {
@@ -399,6 +416,66 @@ pub async fn hold_and_take(
         return Err(changed_under_lock(id));
     }
     Ok(stock.into_values().collect())
+}
+
+/// Variables that one SQLite statement may bind at most (`SQLITE_MAX_VARIABLE_NUMBER`).
+const SQLITE_VARIABLES_MAX: usize = 32_766;
+
+/// `hold_and_take` on SQLite as one script of statements (SQLx runs them one after the other in
+/// one round trip to its SQLite thread, binding the values in order): the holds, their items,
+/// and an `UPDATE` of each ticket type taken with the condition of `take_held`, whose rows it
+/// returns. `None` elsewhere, and for a batch with more values than SQLite binds at once
+/// (thousands of items), which takes the statements one by one.
+fn hold_and_take_sqlite(
+    backend: DbBackend,
+    holds: &[&Hold],
+    taken: &BTreeMap<TicketTypeId, i32>,
+) -> Option<Statement> {
+    let items: Vec<(&Hold, &crate::domain::HoldItem)> = holds
+        .iter()
+        .flat_map(|hold| hold.items.iter().map(move |item| (*hold, item)))
+        .collect();
+    let variables = holds.len() * 7 + items.len() * 3 + taken.len() * 3;
+    if backend != DbBackend::Sqlite || variables > SQLITE_VARIABLES_MAX {
+        return None;
+    }
+    let rows = |n: usize, row: &str| vec![row; n].join(", ");
+    let mut sql = format!(
+        "INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at, ended_at,
+                            idempotency_key, revision)
+         VALUES {};
+         INSERT INTO hold_items (hold_id, ticket_type_id, quantity) VALUES {};",
+        rows(holds.len(), "(?, ?, ?, ?, ?, ?, NULL, ?, 0)"),
+        rows(items.len(), "(?, ?, ?)"),
+    );
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(variables);
+    for hold in holds {
+        values.push(hold.id.0.into());
+        values.push(hold.event_id.0.into());
+        values.push(hold.customer_id.as_str().into());
+        values.push(hold.status.as_str().into());
+        values.push(hold.created_at.0.into());
+        values.push(hold.expires_at.0.into());
+        values.push(hold.idempotency_key.clone().into());
+    }
+    for (hold, item) in &items {
+        values.push(hold.id.0.into());
+        values.push(item.ticket_type_id.0.into());
+        values.push((item.quantity as i32).into());
+    }
+    for (id, quantity) in taken {
+        sql.push_str(
+            "
+         UPDATE ticket_types SET held = held + ?, version = version + 1
+         WHERE id = ? AND capacity - sold - held >= ? RETURNING *;",
+        );
+        values.extend([(*quantity).into(), id.0.into(), (*quantity).into()]);
+    }
+    Some(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        sql,
+        values,
+    ))
 }
 
 /// The statement of `hold_and_take` on PostgreSQL.
@@ -969,37 +1046,7 @@ pub async fn committed(
     now: Millis,
 ) -> StoreResult<Committed> {
     let Some(kept) = kept else {
-        let rows = db.query_all_raw(sift_read_sqlite(ids, pairs, now)).await?;
-        let mut committed = Committed {
-            types: BTreeMap::new(),
-            made: HashMap::new(),
-            overdue: BTreeMap::new(),
-        };
-        // The pairs found and the overdue check are on every row, and there is one at least.
-        let Some(first) = rows.first() else {
-            return Err(StoreError::Invariant("the sift read no row".into()));
-        };
-        let wanted: HashSet<&(&str, &str)> = pairs.iter().collect();
-        let made: Vec<(String, String, String)> =
-            serde_json::from_str(&first.try_get::<String>("", "made")?)
-                .map_err(|e| StoreError::Invariant(format!("the sift's holds made: {e}")))?;
-        for (id, customer, key) in made {
-            if wanted.contains(&(customer.as_str(), key.as_str())) {
-                let id = Uuid::parse_str(&id)
-                    .map_err(|e| StoreError::Invariant(format!("the sift's hold id: {e}")))?;
-                committed.made.insert((customer, key), id);
-            }
-        }
-        for row in &rows {
-            if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
-                let model = ticket_type::Model::from_query_result(row, "")?;
-                committed.types.insert(TicketTypeId(model.id), model);
-            }
-        }
-        if first.try_get::<bool>("", "any_overdue")? {
-            committed.overdue = overdue_held(db, ids, now).await?;
-        }
-        return Ok(committed);
+        return committed_sqlite(db, ids, pairs, now).await;
     };
     let (ids_asked, customers, keys) = sift_read_arguments(ids, pairs);
     let query = || {
@@ -1144,6 +1191,49 @@ fn any_overdue(now: Millis) -> Expr {
         .limit(1)
         .to_owned();
     Expr::exists(first)
+}
+
+/// `committed` on SQLite, on `conn` (the pool, or a transaction that is to write what it
+/// decides: SQLite has one writer at a time, so that a read in it is as good as a lock).
+pub async fn committed_sqlite<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[TicketTypeId],
+    pairs: &[(&str, &str)],
+    now: Millis,
+) -> StoreResult<Committed> {
+    let rows = conn
+        .query_all_raw(sift_read_sqlite(ids, pairs, now))
+        .await?;
+    let mut committed = Committed {
+        types: BTreeMap::new(),
+        made: HashMap::new(),
+        overdue: BTreeMap::new(),
+    };
+    // The pairs found and the overdue check are on every row, and there is one at least.
+    let Some(first) = rows.first() else {
+        return Err(StoreError::Invariant("the sift read no row".into()));
+    };
+    let wanted: HashSet<&(&str, &str)> = pairs.iter().collect();
+    let made: Vec<(String, String, String)> =
+        serde_json::from_str(&first.try_get::<String>("", "made")?)
+            .map_err(|e| StoreError::Invariant(format!("the sift's holds made: {e}")))?;
+    for (id, customer, key) in made {
+        if wanted.contains(&(customer.as_str(), key.as_str())) {
+            let id = Uuid::parse_str(&id)
+                .map_err(|e| StoreError::Invariant(format!("the sift's hold id: {e}")))?;
+            committed.made.insert((customer, key), id);
+        }
+    }
+    for row in &rows {
+        if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
+            let model = ticket_type::Model::from_query_result(row, "")?;
+            committed.types.insert(TicketTypeId(model.id), model);
+        }
+    }
+    if first.try_get::<bool>("", "any_overdue")? {
+        committed.overdue = overdue_held(conn, ids, now).await?;
+    }
+    Ok(committed)
 }
 
 /// `SIFT_READ` on SQLite, one round trip to SQLx's SQLite thread where three statements made
