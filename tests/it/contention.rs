@@ -12,11 +12,11 @@ use tickethold::domain::{
     NewTicketType, Order, Rejection, TicketTypeId,
 };
 use tickethold::events::{Change, Topic};
-use tickethold::store::HoldStore;
 use tickethold::store::db::{
     Kept, Written, batch_statements, committed, connect, hold_and_take_unchanged,
     hold_ids_by_idempotency_keys, hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
 };
+use tickethold::store::{HoldStore, StoreError};
 
 use crate::support::db::redis_url;
 use crate::support::{RedisCluster, RedisNamespace, TestDb, TestServer, error_code};
@@ -504,7 +504,7 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
     // Nothing overdue before the holds expire at 1000; after, buyer-1's two holds and
     // buyer-2's one, two tickets each.
     for (now, overdue) in [(500, None), (1000, Some(6))] {
-        let read = committed(&conn, Some(&mut kept), &ticket_types, &asked, Millis(now));
+        let read = committed(&conn, &mut kept, &ticket_types, &asked, Millis(now));
         let read = read.await.unwrap();
         assert_eq!(read.made, found);
         assert_eq!(
@@ -516,7 +516,7 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
             overdue
         );
     }
-    let none_asked = committed(&conn, Some(&mut kept), &ticket_types[1..], &[], Millis(500));
+    let none_asked = committed(&conn, &mut kept, &ticket_types[1..], &[], Millis(500));
     let none_asked = none_asked.await.unwrap();
     assert!(none_asked.types.is_empty() && none_asked.made.is_empty());
 }
@@ -934,5 +934,118 @@ async fn a_batch_written_at_once_is_refused_whole_when_its_stock_changed_since_i
     expected.sort();
     assert_eq!(stock, expected);
     assert_eq!(written(&[(a.id, 1), (b.id, 1)]).await, (1, true));
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}
+
+/// A batch written at once meets an idempotency key of its own that another instance committed
+/// (with its hold of the same tickets) since the read: PostgreSQL refuses the write whole (the
+/// unique key, or the stock that changed, whichever the statement meets first), and the batch
+/// decided again under the lock answers the request as a retry of that instance's hold.
+#[tokio::test]
+async fn a_key_taken_between_the_read_and_the_write_answers_a_retry_on_postgres() {
+    let db = TestDb::postgres().await;
+    let limits = Limits::default();
+    let (store, _bus) = db.store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Keyed".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let customer = CustomerId::new("buyer".into(), &limits).unwrap();
+    let items = [(ticket_type.id, 1)];
+    let request = HoldRequest::new(
+        event.id,
+        customer,
+        items,
+        None,
+        Some("cart".into()),
+        &limits,
+    )
+    .unwrap();
+
+    let other = Database::connect(db.url()).await.unwrap();
+    let theirs = other.begin().await.unwrap();
+    let their_hold = uuid::Uuid::new_v4();
+    theirs
+        .execute_unprepared(&format!(
+            "INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
+                                idempotency_key)
+             VALUES ('{their_hold}', '{event}', 'buyer', 'ACTIVE', {now}, {later}, 'cart');
+             INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
+             VALUES ('{their_hold}', '{tt}', 1);
+             UPDATE ticket_types SET held = held + 1, version = version + 1 WHERE id = '{tt}'",
+            event = event.id,
+            tt = ticket_type.id,
+            now = now.0,
+            later = now.0 + 600_000,
+        ))
+        .await
+        .unwrap();
+    let mine = tokio::spawn({
+        let store = store.clone();
+        async move { store.hold(request, now).await }
+    });
+    wait_for_a_lock_wait(&other).await;
+    theirs.commit().await.unwrap();
+
+    let mine = mine.await.unwrap().unwrap().unwrap();
+    assert_eq!(mine.id, HoldId(their_hold));
+    let stock = store.availability(ticket_type.id, now).await.unwrap();
+    assert_eq!(stock.map(|a| a.available()), Some(2));
+    assert_eq!(store.verify().await.unwrap(), vec![]);
+}
+
+/// A batch written at once whose connection is lost while its statement waits (here its
+/// PostgreSQL backend is terminated): the statement may have committed as far as the writer
+/// can tell, so the batch is not run again (a rerun could make a second hold): UNAVAILABLE.
+/// The next hold is written on a new connection.
+#[tokio::test]
+async fn a_write_at_once_that_goes_unanswered_is_not_run_again_on_postgres() {
+    let db = TestDb::postgres().await;
+    let limits = Limits::default();
+    let (store, _bus) = db.store(limits.clone()).await;
+    let now = Millis::now();
+    let event = store.create_event("Lost".into(), now).await.unwrap();
+    let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
+    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
+    let request = |customer: &str| {
+        let customer = CustomerId::new(customer.into(), &limits).unwrap();
+        let items = [(ticket_type.id, 1)];
+        HoldRequest::new(event.id, customer, items, None, None, &limits).unwrap()
+    };
+
+    let other = Database::connect(db.url()).await.unwrap();
+    let blocker = other.begin().await.unwrap();
+    blocker
+        .execute_unprepared(&format!(
+            "SELECT id FROM ticket_types WHERE id = '{}' FOR UPDATE",
+            ticket_type.id
+        ))
+        .await
+        .unwrap();
+    let lost = tokio::spawn({
+        let store = store.clone();
+        let request = request("lost");
+        async move { store.hold(request, now).await }
+    });
+    wait_for_a_lock_wait(&other).await;
+    other
+        .execute_unprepared(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+        .unwrap();
+    // A rerun would wait for the lock that this test holds.
+    let lost = tokio::time::timeout(Duration::from_secs(30), lost)
+        .await
+        .expect("answered without being run again")
+        .unwrap();
+    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    blocker.rollback().await.unwrap();
+
+    let next = store.hold(request("next"), now).await.unwrap();
+    assert!(next.is_ok(), "{next:?}");
+    let stock = store.availability(ticket_type.id, now).await.unwrap();
+    assert_eq!(stock.map(|a| a.available()), Some(2));
     assert_eq!(store.verify().await.unwrap(), vec![]);
 }

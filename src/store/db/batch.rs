@@ -8,15 +8,16 @@
 //! the hot row's lock.
 //!
 //! On PostgreSQL a batch is decided from a read without a lock and written in one statement
-//! that is its own transaction (`at_once`): two round trips on a connection the writer keeps,
-//! the hot row locked only by the write and its commit. The write takes effect only if no
-//! ticket type of the batch changed since the read in what the decisions rested on (its
-//! tickets available; its version where a customer's limit applies): then the answers are those
-//! of a transaction that had locked the ticket types at the read. Otherwise (another instance
-//! took stock, an expiry gave some back) PostgreSQL refuses the write whole and the batch goes
-//! to a transaction that locks the ticket types (ascending id) before it reads, as every batch
-//! on SQLite does (`together`). A batch with nothing to take, the refusals of a sold-out sale,
-//! is answered from the read alone.
+//! that is its own transaction (`at_once`): two round trips on a connection the writer keeps
+//! (and one on the pool for the customers' counts, where a ticket type has a limit per
+//! customer), the hot row locked only by the write and its commit. The write takes effect only
+//! if no ticket type that the batch takes stock of changed since the read in what the
+//! decisions rested on (its tickets available; its version where a customer's limit
+//! applies), so that its stock was, at the write, what the decisions counted. Otherwise
+//! (another instance took stock, an expiry gave some back) PostgreSQL refuses the write whole
+//! and the batch goes to a transaction that locks the ticket types (ascending id) before it
+//! reads, as every batch on SQLite does (`together`). A batch with nothing to take, the
+//! refusals of a sold-out sale, is answered from the read alone.
 //!
 //! On SQLite, while the last look found a ticket type of the batch with nothing available, the
 //! batch is first *sifted* from committed rows without a transaction: requests are decided
@@ -24,10 +25,11 @@
 //! retries of committed holds) are answered at once, as they would have been by a transaction
 //! at that instant; the rest go on to the transaction.
 //!
-//! Answers are sent after the commit, so an acknowledged hold is a committed hold. A batch that
-//! fails before its commit (a deadlock with another instance, an idempotency key taken twice) is
-//! rolled back and run again request by request, each in a transaction of its own. A batch whose
-//! commit fails is not rerun, since it may have committed: its requests answer UNAVAILABLE.
+//! Answers are sent after the commit, so an acknowledged hold is a committed hold. A batch whose
+//! transaction fails before its commit (a deadlock with another instance, an idempotency key
+//! taken twice) is rolled back and run again request by request, each in a transaction of its
+//! own. A batch whose commit fails, or whose write at once went unanswered, is not rerun, since
+//! it may have committed: its requests answer UNAVAILABLE.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -52,8 +54,8 @@ const BATCH_MAX: usize = 256;
 const TASK: &str = "the hold writer";
 
 /// Pooled connections of a hold writer on a thread of its own, for its transactions (two, so
-/// that a transaction need not wait for the ping that gives the last one back); its sifts read
-/// on a connection it keeps, one more.
+/// that a transaction need not wait for the ping that gives the last one back); its reads and
+/// its writes of batches at once go over a connection it keeps, one more.
 const WRITER_CONNECTIONS: u32 = 2;
 
 /// What a request came to.
@@ -245,7 +247,7 @@ async fn sift(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Sifted> {
         types,
         made,
         overdue,
-    } = queries::committed(db, None, &ids, &keys, now).await?;
+    } = queries::committed_sqlite(db, &ids, &keys, now).await?;
     let owned = owned_of(db, &types, jobs, now).await?;
     let mut ledger = Ledger::new(&types, owned, made);
     let mut decisions = Vec::new();
@@ -278,7 +280,7 @@ async fn at_once(
     let keys = keys_of(jobs);
     let now = latest(jobs);
     let read = async {
-        let committed = queries::committed(db, Some(kept), &ids, &keys, now).await?;
+        let committed = queries::committed(db, kept, &ids, &keys, now).await?;
         let owned = owned_of(db, &committed.types, jobs, now).await?;
         Ok((committed, owned))
     };
@@ -296,11 +298,15 @@ async fn at_once(
     } else {
         match queries::hold_and_take_unchanged(kept, &holds, &ledger.taken, &types).await {
             Written::Done(stock) => stock,
-            refused @ Written::Refused(_) if refused.changed_since_read() => return Ok(None),
-            // An idempotency key of the batch taken by another instance since the read.
-            refused @ Written::Refused(_) if refused.duplicate() => return Ok(None),
-            Written::Refused(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "writing a batch of holds at once failed; deciding it under the lock");
+            refused @ Written::Refused(_) => {
+                // Expected: the stock changed since the read, or another instance took an
+                // idempotency key of the batch; anything else is worth a look.
+                if let Written::Refused(error) = &refused
+                    && !refused.changed_since_read()
+                    && !refused.duplicate()
+                {
+                    tracing::warn!(error = %crate::error_chain(&error), "writing a batch of holds at once failed; deciding it under the lock");
+                }
                 return Ok(None);
             }
             Written::Unknown(error) => return Err(Failed::AtCommit(error)),

@@ -183,12 +183,12 @@ fn create_parent_dir(url: &str) -> Result<(), DbErr> {
     }
 }
 
-/// A PostgreSQL connection of a task's own, outside any pool, for the reads it makes all the
-/// time. SQLx pings a pooled connection (a round trip) before lending it and again when it
+/// A PostgreSQL connection of a task's own, outside any pool, for the statements it runs all
+/// the time. SQLx pings a pooled connection (a round trip) before lending it and again when it
 /// comes back, so a statement run on a pool outside a transaction costs three round trips; on
 /// a kept connection it costs one. A read that fails on the kept connection closes it and runs
 /// once more on a new one: a connection lost under a busy task (PostgreSQL restarted, a
-/// failover) fails no read.
+/// failover) fails no read. A write (`write`) runs once.
 pub struct Kept {
     options: Arc<PgConnectOptions>,
     connection: Option<PgConnection>,
@@ -244,7 +244,7 @@ impl Kept {
         };
         match query.fetch_all(&mut *connection).await {
             Ok(rows) => Written::Done(rows.into_iter().map(Into::into).collect()),
-            Err(error @ sea_orm::sqlx::Error::Database(_)) => {
+            Err(error) if refused_before_commit(&error) => {
                 Written::Refused(sqlx_error(error).into())
             }
             Err(error) => {
@@ -257,12 +257,28 @@ impl Kept {
     }
 }
 
+/// Whether `error` is PostgreSQL refusing a statement that it then undid: a broken rule
+/// (class 23: a unique key, a foreign key, a check), a transaction to run again (class 40: a
+/// serialization failure, a deadlock), a statement that could not run (class 42), a lock not
+/// available or a statement cancelled. Any other error, a server shutting down (57P01) say,
+/// may come after the commit, or without an answer at all: the outcome is unknown.
+fn refused_before_commit(error: &sea_orm::sqlx::Error) -> bool {
+    let Some(code) = error.as_database_error().and_then(|error| error.code()) else {
+        return false;
+    };
+    ["23", "40", "42"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["55P03", "57014"].contains(&code.as_ref())
+}
+
 /// What a statement run by `Kept::write` came to: its rows, or what they were read into.
 pub enum Written<T = Vec<QueryResult>> {
     Done(T),
     /// Refused by the server (or never sent): nothing of it was written.
     Refused(StoreError),
-    /// No answer: it may have committed or not.
+    /// No answer, or an error that does not say that the statement was undone: it may have
+    /// committed or not.
     Unknown(StoreError),
 }
 

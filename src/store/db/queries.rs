@@ -657,7 +657,8 @@ pub async fn hold_and_take_unchanged(
 /// The statement of `hold_and_take_unchanged`: `new_holds`, then the stock taken ($12, $13:
 /// ticket types, quantities) where each ticket type has as many tickets available as read
 /// ($14) and, unless that is -1, the version read ($15); `tickethold_changed_since_read` fails
-/// the statement for the first that has not (a `CASE`, so that it is called only then). The
+/// the statement for the first that has not (a `CASE`, so that it is called only then, and only
+/// for the row of the ticket type, whatever order the plan checks the conditions in). The
 /// ticket types are locked first, in ascending id order (`locked`), as every writer locks them,
 /// since an `UPDATE` locks its rows in whatever order its plan meets them.
 const HOLD_AND_TAKE_UNCHANGED: &str = concat!(
@@ -674,6 +675,7 @@ const HOLD_AND_TAKE_UNCHANGED: &str = concat!(
         JOIN locked ON locked.id = taken.id
     WHERE ticket_types.id = taken.id
       AND CASE
+          WHEN ticket_types.id <> taken.id THEN false
           WHEN ticket_types.capacity - ticket_types.sold - ticket_types.held = taken.available_read
                AND (taken.version_read = -1 OR ticket_types.version = taken.version_read)
           THEN true
@@ -1033,21 +1035,17 @@ pub struct Committed {
 }
 
 /// The ticket types `ids`, the holds made under `pairs` and the overdue tickets of `ids` at
-/// `now`. On PostgreSQL (`kept` is then a connection of the caller's) one statement,
-/// `SIFT_READ`, reads the first two and whether any hold is overdue at all, and a second
-/// counts the overdue tickets only when one is (holds that the expiry timer has not reached
-/// yet: seldom). On SQLite one statement reads the same (`sift_read_sqlite`), and a second
-/// counts as on PostgreSQL.
+/// `now`, on PostgreSQL (`kept` a connection of the caller's to the server of `db`): one
+/// statement, `SIFT_READ`, reads the first two and whether any hold is overdue at all, and a
+/// second counts the overdue tickets only when one is (holds that the expiry timer has not
+/// reached yet: seldom). `committed_sqlite` reads the same on SQLite.
 pub async fn committed(
     db: &DatabaseConnection,
-    kept: Option<&mut Kept>,
+    kept: &mut Kept,
     ids: &[TicketTypeId],
     pairs: &[(&str, &str)],
     now: Millis,
 ) -> StoreResult<Committed> {
-    let Some(kept) = kept else {
-        return committed_sqlite(db, ids, pairs, now).await;
-    };
     let (ids_asked, customers, keys) = sift_read_arguments(ids, pairs);
     let query = || {
         sea_orm::sqlx::query(SIFT_READ)
