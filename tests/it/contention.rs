@@ -12,6 +12,7 @@ use tickethold::domain::{
     NewTicketType, Order, Rejection, TicketTypeId,
 };
 use tickethold::events::{Change, Topic};
+use tickethold::store::db::DbStore;
 use tickethold::store::db::{
     Kept, Written, batch_statements, committed, connect, hold_and_take_unchanged,
     hold_ids_by_idempotency_keys, hold_ids_by_idempotency_keys_on, keys_probe, sift_read,
@@ -751,39 +752,15 @@ async fn buyers_pay_and_give_up_at_once_on_postgres() {
 /// again under the lock, against the one ticket left; nothing of the first decision remains.
 #[tokio::test]
 async fn a_hold_whose_stock_changed_between_its_read_and_its_write_is_decided_again_on_postgres() {
-    let db = TestDb::postgres().await;
-    let limits = Limits::default();
-    let (store, _bus) = db.store(limits.clone()).await;
-    let now = Millis::now();
-    let event = store.create_event("Hot".into(), now).await.unwrap();
-    let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
-    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
-    let request = |customer: &str, quantity: i64| {
-        let customer = CustomerId::new(customer.into(), &limits).unwrap();
-        let items = [(ticket_type.id, quantity)];
-        HoldRequest::new(event.id, customer, items, None, None, &limits).unwrap()
-    };
-
-    let other = Database::connect(db.url()).await.unwrap();
+    let sale = OneType::open(3).await;
+    let other = Database::connect(sale.db.url()).await.unwrap();
     let theirs = other.begin().await.unwrap();
     let their_hold = uuid::Uuid::new_v4();
-    theirs
-        .execute_unprepared(&format!(
-            "INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at)
-             VALUES ('{their_hold}', '{event}', 'theirs', 'ACTIVE', {now}, {later});
-             INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
-             VALUES ('{their_hold}', '{tt}', 2);
-             UPDATE ticket_types SET held = held + 2, version = version + 1 WHERE id = '{tt}'",
-            event = event.id,
-            tt = ticket_type.id,
-            now = now.0,
-            later = now.0 + 600_000,
-        ))
-        .await
-        .unwrap();
+    let their_hold_sql = sale.their_hold(their_hold, "theirs", 2, None);
+    theirs.execute_unprepared(&their_hold_sql).await.unwrap();
     let mine = tokio::spawn({
-        let store = store.clone();
-        let request = request("mine", 2);
+        let store = sale.store.clone();
+        let (request, now) = (sale.request("mine", 2, None), sale.now);
         async move { store.hold(request, now).await }
     });
     wait_for_a_lock_wait(&other).await;
@@ -794,7 +771,11 @@ async fn a_hold_whose_stock_changed_between_its_read_and_its_write_is_decided_ag
         matches!(mine, Err(Rejection::SoldOut { available: 1, .. })),
         "{mine:?}"
     );
-    let last = store.hold(request("last", 1), now).await.unwrap();
+    let last = sale
+        .store
+        .hold(sale.request("last", 1, None), sale.now)
+        .await
+        .unwrap();
     assert!(last.is_ok(), "{last:?}");
     let mine_written = other
         .query_one_raw(Statement::from_string(
@@ -805,7 +786,77 @@ async fn a_hold_whose_stock_changed_between_its_read_and_its_write_is_decided_ag
         .unwrap()
         .unwrap();
     assert_eq!(mine_written.try_get::<i64>("", "n").unwrap(), 0);
-    assert_eq!(store.verify().await.unwrap(), vec![]);
+    assert_eq!(sale.store.verify().await.unwrap(), vec![]);
+}
+
+/// A PostgreSQL database with a store, an event and one ticket type, for the tests of a batch
+/// of holds written at once.
+struct OneType {
+    db: TestDb,
+    limits: Limits,
+    store: Arc<DbStore>,
+    event: EventId,
+    ticket_type: TicketTypeId,
+    now: Millis,
+}
+
+impl OneType {
+    /// A ticket type of `capacity` tickets.
+    async fn open(capacity: i64) -> OneType {
+        let db = TestDb::postgres().await;
+        let limits = Limits::default();
+        let (store, _bus) = db.store(limits.clone()).await;
+        let now = Millis::now();
+        let event = store.create_event("Hot".into(), now).await.unwrap().id;
+        let new = NewTicketType::new(event, "A".into(), 100, capacity, None, &limits).unwrap();
+        let ticket_type = store
+            .create_ticket_type(new, now)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        OneType {
+            db,
+            limits,
+            store,
+            event,
+            ticket_type,
+            now,
+        }
+    }
+
+    /// `customer` asks for `quantity` tickets.
+    fn request(&self, customer: &str, quantity: i64, key: Option<&str>) -> HoldRequest {
+        let customer = CustomerId::new(customer.into(), &self.limits).unwrap();
+        let items = [(self.ticket_type, quantity)];
+        let key = key.map(str::to_owned);
+        HoldRequest::new(self.event, customer, items, None, key, &self.limits).unwrap()
+    }
+
+    /// The statements with which another instance's batch makes hold `id` of `quantity`
+    /// tickets for `customer` and takes its stock.
+    fn their_hold(
+        &self,
+        id: uuid::Uuid,
+        customer: &str,
+        quantity: i64,
+        key: Option<&str>,
+    ) -> String {
+        let key = key.map_or("NULL".to_owned(), |key| format!("'{key}'"));
+        format!(
+            "INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
+                                idempotency_key)
+             VALUES ('{id}', '{event}', '{customer}', 'ACTIVE', {now}, {later}, {key});
+             INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
+             VALUES ('{id}', '{tt}', {quantity});
+             UPDATE ticket_types SET held = held + {quantity}, version = version + 1
+             WHERE id = '{tt}'",
+            event = self.event,
+            tt = self.ticket_type,
+            now = self.now.0,
+            later = self.now.0 + 600_000,
+        )
+    }
 }
 
 /// Waits until a statement of the database of `conn` waits for a lock.
@@ -943,45 +994,15 @@ async fn a_batch_written_at_once_is_refused_whole_when_its_stock_changed_since_i
 /// decided again under the lock answers the request as a retry of that instance's hold.
 #[tokio::test]
 async fn a_key_taken_between_the_read_and_the_write_answers_a_retry_on_postgres() {
-    let db = TestDb::postgres().await;
-    let limits = Limits::default();
-    let (store, _bus) = db.store(limits.clone()).await;
-    let now = Millis::now();
-    let event = store.create_event("Keyed".into(), now).await.unwrap();
-    let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
-    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
-    let customer = CustomerId::new("buyer".into(), &limits).unwrap();
-    let items = [(ticket_type.id, 1)];
-    let request = HoldRequest::new(
-        event.id,
-        customer,
-        items,
-        None,
-        Some("cart".into()),
-        &limits,
-    )
-    .unwrap();
-
-    let other = Database::connect(db.url()).await.unwrap();
+    let sale = OneType::open(3).await;
+    let other = Database::connect(sale.db.url()).await.unwrap();
     let theirs = other.begin().await.unwrap();
     let their_hold = uuid::Uuid::new_v4();
-    theirs
-        .execute_unprepared(&format!(
-            "INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
-                                idempotency_key)
-             VALUES ('{their_hold}', '{event}', 'buyer', 'ACTIVE', {now}, {later}, 'cart');
-             INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
-             VALUES ('{their_hold}', '{tt}', 1);
-             UPDATE ticket_types SET held = held + 1, version = version + 1 WHERE id = '{tt}'",
-            event = event.id,
-            tt = ticket_type.id,
-            now = now.0,
-            later = now.0 + 600_000,
-        ))
-        .await
-        .unwrap();
+    let their_hold_sql = sale.their_hold(their_hold, "buyer", 1, Some("cart"));
+    theirs.execute_unprepared(&their_hold_sql).await.unwrap();
     let mine = tokio::spawn({
-        let store = store.clone();
+        let store = sale.store.clone();
+        let (request, now) = (sale.request("buyer", 1, Some("cart")), sale.now);
         async move { store.hold(request, now).await }
     });
     wait_for_a_lock_wait(&other).await;
@@ -989,9 +1010,9 @@ async fn a_key_taken_between_the_read_and_the_write_answers_a_retry_on_postgres(
 
     let mine = mine.await.unwrap().unwrap().unwrap();
     assert_eq!(mine.id, HoldId(their_hold));
-    let stock = store.availability(ticket_type.id, now).await.unwrap();
-    assert_eq!(stock.map(|a| a.available()), Some(2));
-    assert_eq!(store.verify().await.unwrap(), vec![]);
+    let stock = sale.store.availability(sale.ticket_type, sale.now).await;
+    assert_eq!(stock.unwrap().map(|a| a.available()), Some(2));
+    assert_eq!(sale.store.verify().await.unwrap(), vec![]);
 }
 
 /// A batch written at once whose connection is lost while its statement waits (here its
@@ -1000,31 +1021,19 @@ async fn a_key_taken_between_the_read_and_the_write_answers_a_retry_on_postgres(
 /// The next hold is written on a new connection.
 #[tokio::test]
 async fn a_write_at_once_that_goes_unanswered_is_not_run_again_on_postgres() {
-    let db = TestDb::postgres().await;
-    let limits = Limits::default();
-    let (store, _bus) = db.store(limits.clone()).await;
-    let now = Millis::now();
-    let event = store.create_event("Lost".into(), now).await.unwrap();
-    let new = NewTicketType::new(event.id, "A".into(), 100, 3, None, &limits).unwrap();
-    let ticket_type = store.create_ticket_type(new, now).await.unwrap().unwrap();
-    let request = |customer: &str| {
-        let customer = CustomerId::new(customer.into(), &limits).unwrap();
-        let items = [(ticket_type.id, 1)];
-        HoldRequest::new(event.id, customer, items, None, None, &limits).unwrap()
-    };
-
-    let other = Database::connect(db.url()).await.unwrap();
+    let sale = OneType::open(3).await;
+    let other = Database::connect(sale.db.url()).await.unwrap();
     let blocker = other.begin().await.unwrap();
     blocker
         .execute_unprepared(&format!(
             "SELECT id FROM ticket_types WHERE id = '{}' FOR UPDATE",
-            ticket_type.id
+            sale.ticket_type
         ))
         .await
         .unwrap();
     let lost = tokio::spawn({
-        let store = store.clone();
-        let request = request("lost");
+        let store = sale.store.clone();
+        let (request, now) = (sale.request("lost", 1, None), sale.now);
         async move { store.hold(request, now).await }
     });
     wait_for_a_lock_wait(&other).await;
@@ -1043,9 +1052,12 @@ async fn a_write_at_once_that_goes_unanswered_is_not_run_again_on_postgres() {
     assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
     blocker.rollback().await.unwrap();
 
-    let next = store.hold(request("next"), now).await.unwrap();
-    assert!(next.is_ok(), "{next:?}");
-    let stock = store.availability(ticket_type.id, now).await.unwrap();
-    assert_eq!(stock.map(|a| a.available()), Some(2));
-    assert_eq!(store.verify().await.unwrap(), vec![]);
+    let next = sale
+        .store
+        .hold(sale.request("next", 1, None), sale.now)
+        .await;
+    assert!(next.as_ref().is_ok_and(Result::is_ok), "{next:?}");
+    let stock = sale.store.availability(sale.ticket_type, sale.now).await;
+    assert_eq!(stock.unwrap().map(|a| a.available()), Some(2));
+    assert_eq!(sale.store.verify().await.unwrap(), vec![]);
 }

@@ -1062,19 +1062,35 @@ pub async fn committed(
     let made_ids: Vec<Uuid> = first.try_get("", "made_ids")?;
     let customers: Vec<String> = first.try_get("", "made_customers")?;
     let keys: Vec<String> = first.try_get("", "made_keys")?;
+    let made = customers.into_iter().zip(keys).zip(made_ids).collect();
+    committed_of(db, &rows, made, ids, now).await
+}
+
+/// What a sift's read found: the ticket types on its `rows` (none where no ticket type was
+/// found), the holds `made`, and the overdue tickets of `ids`, counted only when the read
+/// found some hold overdue (`any_overdue`, on every row).
+async fn committed_of<C: ConnectionTrait>(
+    conn: &C,
+    rows: &[QueryResult],
+    made: HashMap<(String, String), Uuid>,
+    ids: &[TicketTypeId],
+    now: Millis,
+) -> StoreResult<Committed> {
     let mut committed = Committed {
         types: BTreeMap::new(),
-        made: customers.into_iter().zip(keys).zip(made_ids).collect(),
+        made,
         overdue: BTreeMap::new(),
     };
-    for row in &rows {
+    for row in rows {
         if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
             let model = ticket_type::Model::from_query_result(row, "")?;
             committed.types.insert(TicketTypeId(model.id), model);
         }
     }
-    if first.try_get::<bool>("", "any_overdue")? {
-        committed.overdue = overdue_held(db, ids, now).await?;
+    if let Some(first) = rows.first()
+        && first.try_get::<bool>("", "any_overdue")?
+    {
+        committed.overdue = overdue_held(conn, ids, now).await?;
     }
     Ok(committed)
 }
@@ -1202,36 +1218,23 @@ pub async fn committed_sqlite<C: ConnectionTrait>(
     let rows = conn
         .query_all_raw(sift_read_sqlite(ids, pairs, now))
         .await?;
-    let mut committed = Committed {
-        types: BTreeMap::new(),
-        made: HashMap::new(),
-        overdue: BTreeMap::new(),
-    };
     // The pairs found and the overdue check are on every row, and there is one at least.
     let Some(first) = rows.first() else {
         return Err(StoreError::Invariant("the sift read no row".into()));
     };
     let wanted: HashSet<&(&str, &str)> = pairs.iter().collect();
-    let made: Vec<(String, String, String)> =
+    let found: Vec<(String, String, String)> =
         serde_json::from_str(&first.try_get::<String>("", "made")?)
             .map_err(|e| StoreError::Invariant(format!("the sift's holds made: {e}")))?;
-    for (id, customer, key) in made {
+    let mut made = HashMap::new();
+    for (id, customer, key) in found {
         if wanted.contains(&(customer.as_str(), key.as_str())) {
             let id = Uuid::parse_str(&id)
                 .map_err(|e| StoreError::Invariant(format!("the sift's hold id: {e}")))?;
-            committed.made.insert((customer, key), id);
+            made.insert((customer, key), id);
         }
     }
-    for row in &rows {
-        if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
-            let model = ticket_type::Model::from_query_result(row, "")?;
-            committed.types.insert(TicketTypeId(model.id), model);
-        }
-    }
-    if first.try_get::<bool>("", "any_overdue")? {
-        committed.overdue = overdue_held(conn, ids, now).await?;
-    }
-    Ok(committed)
+    committed_of(conn, &rows, made, ids, now).await
 }
 
 /// `SIFT_READ` on SQLite, one round trip to SQLx's SQLite thread where three statements made
