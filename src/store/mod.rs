@@ -29,6 +29,18 @@ pub enum StoreError {
     Invariant(String),
 }
 
+impl StoreError {
+    /// The SQLSTATE of the database's refusal, if this is one.
+    pub fn sqlstate(&self) -> Option<String> {
+        let StoreError::Db(sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(error))) = self
+        else {
+            return None;
+        };
+        let code = error.as_database_error()?.code()?;
+        Some(code.into_owned())
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// An answer that may be an expected refusal.

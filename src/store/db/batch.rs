@@ -40,7 +40,7 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::connect::{Kept, Written};
+use super::connect::{Kept, SERIALIZATION_FAILURE, UNIQUE_VIOLATION, Written};
 use super::convert::availability_of;
 use super::{queries, take_stock};
 use crate::domain::{Hold, HoldId, HoldRequest, Millis, Rejection, TicketTypeId};
@@ -139,11 +139,12 @@ async fn write(db: &DatabaseConnection, bus: &Bus, receiver: &mut mpsc::Receiver
                     answer(bus, jobs, decided);
                     continue;
                 }
-                // The stock changed since the read: decided again under the lock.
+                // The write was refused (the stock changed since the read, a key was taken
+                // meanwhile): decided again under the lock.
                 Ok(None) => {}
-                // Nothing was changed: the transaction decides every request.
+                // The read failed, nothing was written: the transaction decides every request.
                 Err(Failed::BeforeCommit(error)) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "writing a batch of holds at once failed");
+                    tracing::warn!(error = %crate::error_chain(&error), "reading a batch of holds failed; deciding it under the lock");
                 }
                 Err(Failed::AtCommit(error)) => {
                     unknown(jobs, &error);
@@ -266,8 +267,9 @@ async fn sift(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Sifted> {
 /// On PostgreSQL, every job decided from committed rows read without a lock and what they take
 /// written in one statement, on the condition that what the decisions rest on did not change
 /// since the read (`queries::hold_and_take_unchanged`): two round trips on the writer's kept
-/// connection, the hot row locked only by the write and its commit. The answers are those of a
-/// transaction that had locked the ticket types at the read. `None` if the condition failed
+/// connection, the hot row locked only by the write and its commit. The holds are made on the
+/// stock as it stood at the write; refusals and retries are answered as of the read, as a
+/// sift's are. `None` if the condition failed
 /// (another instance took stock, an expiry gave some back, an idempotency key was taken
 /// meanwhile): nothing was written, and the batch is for the transaction. A batch with
 /// nothing to take (the refusals of a sold-out sale, retries) is answered from the read alone.
@@ -298,12 +300,11 @@ async fn at_once(
     } else {
         match queries::hold_and_take_unchanged(kept, &holds, &ledger.taken, &types).await {
             Written::Done(stock) => stock,
-            refused @ Written::Refused(_) => {
+            Written::Refused(error) => {
                 // Expected: the stock changed since the read, or another instance took an
                 // idempotency key of the batch; anything else is worth a look.
-                if let Written::Refused(error) = &refused
-                    && !refused.changed_since_read()
-                    && !refused.duplicate()
+                let code = error.sqlstate();
+                if ![Some(SERIALIZATION_FAILURE), Some(UNIQUE_VIOLATION)].contains(&code.as_deref())
                 {
                     tracing::warn!(error = %crate::error_chain(&error), "writing a batch of holds at once failed; deciding it under the lock");
                 }

@@ -274,6 +274,7 @@ fn refused_before_commit(error: &sea_orm::sqlx::Error) -> bool {
 
 /// What a statement run by `Kept::write` came to: its rows, or what they were read into.
 pub enum Written<T = Vec<QueryResult>> {
+    /// Committed.
     Done(T),
     /// Refused by the server (or never sent): nothing of it was written.
     Refused(StoreError),
@@ -286,28 +287,20 @@ impl<T> Written<T> {
     /// Whether the server refused the statement because rows it was to write changed since they
     /// were read (`serialization_failure`, as `tickethold_changed_since_read` raises it).
     pub fn changed_since_read(&self) -> bool {
-        self.refused_with("40001")
-    }
-
-    /// Whether the server refused the statement for a row that a unique index has already
-    /// (`unique_violation`).
-    pub fn duplicate(&self) -> bool {
-        self.refused_with("23505")
-    }
-
-    /// Whether the server refused the statement with the SQLSTATE `code`.
-    fn refused_with(&self, code: &str) -> bool {
-        let Written::Refused(StoreError::Db(DbErr::Query(RuntimeErr::SqlxError(error)))) = self
-        else {
+        let Written::Refused(error) = self else {
             return false;
         };
-        error
-            .as_database_error()
-            .and_then(|error| error.code())
-            .is_some_and(|found| found == code)
+        error.sqlstate().as_deref() == Some(SERIALIZATION_FAILURE)
     }
 }
 
+/// The SQLSTATE of `serialization_failure`.
+pub const SERIALIZATION_FAILURE: &str = "40001";
+
+/// The SQLSTATE of `unique_violation`.
+pub const UNIQUE_VIOLATION: &str = "23505";
+
+/// An error of a statement run through SQLx directly, as SeaORM reports one.
 fn sqlx_error(error: sea_orm::sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(error.into()))
 }

@@ -482,17 +482,17 @@ fn hold_and_take_sqlite(
 fn hold_and_take_statement(holds: &[&Hold], taken: &BTreeMap<TicketTypeId, i32>) -> Statement {
     let columns = NewHolds::of(holds);
     let values = [
-        array(columns.ids.into_iter()),
-        array(columns.events.into_iter()),
-        array(columns.customers.into_iter()),
+        columns.ids.into(),
+        columns.events.into(),
+        columns.customers.into(),
         HoldStatus::Active.as_str().into(),
-        array(columns.created_at.into_iter()),
-        array(columns.expires_at.into_iter()),
-        array(columns.keys.into_iter()),
-        array(columns.keyed.into_iter()),
-        array(columns.item_holds.into_iter()),
-        array(columns.item_types.into_iter()),
-        array(columns.item_quantities.into_iter()),
+        columns.created_at.into(),
+        columns.expires_at.into(),
+        columns.keys.into(),
+        columns.keyed.into(),
+        columns.item_holds.into(),
+        columns.item_types.into(),
+        columns.item_quantities.into(),
         array(taken.keys().map(|id| id.0)),
         array(taken.values().copied()),
     ];
@@ -507,7 +507,7 @@ where
     values.collect::<Vec<T>>().into()
 }
 
-/// New holds and their items as the arrays that `NEW_HOLDS` unnests ($1 to $3 and $5 to $11).
+/// New holds and their items as the arrays that `new_holds!` unnests ($1 to $3, $5 to $11).
 struct NewHolds {
     ids: Vec<Uuid>,
     events: Vec<Uuid>,
