@@ -277,7 +277,8 @@ async fn generic_plan_of(conn: &impl ConnectionTrait, sql: &str, arguments: &str
 /// sale: their history is not read). On a PostgreSQL whose statistics were taken before the
 /// sale, the planner would start from the hot ticket type's items, every hold of the sale, once
 /// per batch (the bench measured a tenth of the holds per second with 10,000 of them); the
-/// statements read items only by their holds.
+/// statements (and the sift's one read, which counts on PostgreSQL) read items only by their
+/// holds.
 #[tokio::test]
 async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
     let db = TestDb::postgres().await;
@@ -324,15 +325,41 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
         .try_get::<uuid::Uuid>("", "id")
         .unwrap();
     let statements = |now| batch_statements(DbBackend::Postgres, &customers, hot, Millis(now));
-
+    let hot_type = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT id FROM ticket_types WHERE event_id = '{hot}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<uuid::Uuid>("", "id")
+        .unwrap();
+    // The sift's one read counts the customers' tickets too: planned for its values, and
+    // generic.
+    let sift = sift_read(&[TicketTypeId(hot_type)], &[], &customers, Millis(now));
+    let quoted: Vec<String> = customers.iter().map(|c| format!("'{c}'")).collect();
+    let sift_arguments = format!(
+        "ARRAY['{hot_type}']::uuid[], '{{}}'::text[], '{{}}'::text[], {now}, ARRAY[{}]::text[]",
+        quoted.join(",")
+    );
+    let mut plans = Vec::new();
     for statement in statements(now) {
-        let plan = plan_of(&conn, statement).await;
+        plans.push(plan_of(&conn, statement).await);
+    }
+    plans.push(plan_of(&conn, sift.clone()).await);
+    plans.push(generic_plan_of(&conn, &sift.sql, &sift_arguments).await);
+    for plan in &plans {
         let reads_items_otherwise = plan.iter().any(|line| {
             line.contains(" on hold_items")
                 && !line.contains("never executed")
                 && !line.contains("using hold_items_pkey")
         });
         assert!(!reads_items_otherwise, "{}", plan.join("\n"));
+    }
+    for plan in &plans[2..] {
+        let scans_holds = plan.iter().any(|line| line.contains("Seq Scan on holds"));
+        assert!(!scans_holds, "{}", plan.join("\n"));
     }
     // The generic plan of the overdue check as well: through the `(status, expires_at)` index,
     // never a scan of the holds.
@@ -371,6 +398,16 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
         .map(|row| row.try_get("", "total").unwrap())
         .collect();
     assert_eq!(owned, vec![1; 64]);
+    let mut kept = Kept::of(&conn).unwrap();
+    let hot_type = TicketTypeId(hot_type);
+    let read = committed(&conn, &mut kept, &[hot_type], &[], &customers, Millis(now))
+        .await
+        .unwrap();
+    let expected: HashMap<(String, TicketTypeId), i64> = customers
+        .iter()
+        .map(|customer| (((*customer).to_owned(), hot_type), 1))
+        .collect();
+    assert_eq!(read.owned, expected);
     let [overdue, _] = statements(now + 600_000);
     let overdue = conn.query_all_raw(overdue).await.unwrap();
     let total: i64 = overdue[0].try_get("", "total").unwrap();
@@ -382,7 +419,8 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
 /// the unique index, also on a holds table whose sale the planner's statistics have not seen (only
 /// the history: 5,000 past events, 50,000 ended holds), and only exact pairs are found: by the
 /// probe alone (the Redis flow's, on a pooled or a kept connection) and by the sift's one
-/// statement, which also reads the ticket types and whether any hold is overdue (and then, only
+/// statement, which also reads the ticket types, what the customers own of a limited one (each
+/// through the `(customer_id, event_id)` index) and whether any hold is overdue (and then, only
 /// then, how many tickets).
 #[tokio::test]
 async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
@@ -398,8 +436,9 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
          FROM events e, generate_series(1, 10) i;
          ANALYZE;
          INSERT INTO events VALUES (gen_random_uuid(), 'sale', 0);
-         INSERT INTO ticket_types (id, event_id, name, price_cents, capacity, created_at)
-         SELECT gen_random_uuid(), id, 'A', 0, 100000, 0 FROM events WHERE name = 'sale';
+         INSERT INTO ticket_types (id, event_id, name, price_cents, capacity, max_per_customer,
+             created_at)
+         SELECT gen_random_uuid(), id, 'A', 0, 100000, 10, 0 FROM events WHERE name = 'sale';
          INSERT INTO holds (id, event_id, customer_id, status, created_at, expires_at,
              idempotency_key)
          SELECT gen_random_uuid(), e.id, 'buyer-' || i, 'ACTIVE', 0, 1000, 'cart-' || i
@@ -411,7 +450,8 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
          INSERT INTO hold_items (hold_id, ticket_type_id, quantity)
          SELECT holds.id, ticket_types.id, 2 FROM holds
          JOIN ticket_types USING (event_id)
-         WHERE holds.customer_id IN ('buyer-1', 'buyer-2');",
+         WHERE holds.customer_id IN ('buyer-1', 'buyer-2');
+         UPDATE holds SET status = 'CONFIRMED' WHERE customer_id = 'buyer-2';",
     )
     .await
     .unwrap();
@@ -459,7 +499,8 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
         "uuid",
     );
     let probe = keys_probe(&asked);
-    let sift = sift_read(&ticket_types, &asked, Millis(500));
+    let askers: Vec<&str> = asked.iter().map(|(customer, _)| *customer).collect();
+    let sift = sift_read(&ticket_types, &asked, &askers, Millis(500));
     let plans = [
         plan_of(&conn, probe.clone()).await,
         plan_of(&conn, sift.clone()).await,
@@ -467,18 +508,24 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
         generic_plan_of(
             &conn,
             &sift.sql,
-            &format!("{ids}, {customers}, {keys}, 500"),
+            &format!("{ids}, {customers}, {keys}, 500, {customers}"),
         )
         .await,
     ];
-    for plan in plans {
+    for (n, plan) in plans.iter().enumerate() {
         let reads_otherwise = plan.iter().any(|line| {
             (line.contains(" on holds")
                 && !line.contains("using uq_holds_customer_idempotency_key")
-                && !line.contains("using idx_holds_status_expires_at"))
+                && !line.contains("using idx_holds_status_expires_at")
+                && !line.contains("using idx_holds_customer_id_event_id"))
                 || line.contains("Seq Scan on ticket_types")
         });
         assert!(!reads_otherwise, "{}", plan.join("\n"));
+        // The sift's plans count the customers' tickets through their holds of the sale.
+        let counts_by_customer = plan
+            .iter()
+            .any(|line| line.contains("using idx_holds_customer_id_event_id"));
+        assert_eq!(counts_by_customer, n % 2 == 1, "{}", plan.join("\n"));
     }
 
     let exact_pairs = |found: &HashMap<(String, String), uuid::Uuid>| {
@@ -502,11 +549,25 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
         let on_kept = hold_ids_by_idempotency_keys_on(&mut kept, &asked).await;
         assert_eq!(on_kept.unwrap(), found);
     }
-    // Nothing overdue before the holds expire at 1000; after, buyer-1's two holds and
-    // buyer-2's one, two tickets each.
-    for (now, overdue) in [(500, None), (1000, Some(6))] {
-        let read = committed(&conn, &mut kept, &ticket_types, &asked, Millis(now));
+    // Nothing overdue before the holds expire at 1000; after, buyer-1's two holds, two
+    // tickets each (buyer-2's is confirmed). Of the limited ticket type buyer-1 owns those
+    // until they expire, buyer-2 its two for good; the other askers' holds have no items.
+    let hot = TicketTypeId(ticket_type);
+    for (now, overdue, buyer_1) in [(500, None, 4), (1000, Some(4), 0)] {
+        let read = committed(
+            &conn,
+            &mut kept,
+            &ticket_types,
+            &asked,
+            &askers,
+            Millis(now),
+        );
         let read = read.await.unwrap();
+        let owned = HashMap::from([
+            (("buyer-1".to_owned(), hot), buyer_1),
+            (("buyer-2".to_owned(), hot), 2),
+        ]);
+        assert_eq!(read.owned, owned);
         assert_eq!(read.made, found);
         assert_eq!(
             read.types.keys().copied().collect::<Vec<_>>(),
@@ -517,9 +578,10 @@ async fn idempotency_keys_are_probed_pair_by_pair_on_postgres() {
             overdue
         );
     }
-    let none_asked = committed(&conn, &mut kept, &ticket_types[1..], &[], Millis(500));
+    let none_asked = committed(&conn, &mut kept, &ticket_types[1..], &[], &[], Millis(500));
     let none_asked = none_asked.await.unwrap();
     assert!(none_asked.types.is_empty() && none_asked.made.is_empty());
+    assert!(none_asked.owned.is_empty());
 }
 
 /// When a sale ends its buyers pay or give up at once: 100 checkouts and 100 releases of holds

@@ -9,8 +9,8 @@
 //!
 //! On PostgreSQL a batch is decided from a read without a lock and written in one statement
 //! that is its own transaction (`at_once`): two round trips on a connection the writer keeps
-//! (and one on the pool for the customers' counts, where a ticket type has a limit per
-//! customer), the hot row locked only by the write and its commit. The write takes effect only
+//! (the read takes the customers' counts too, where a ticket type has a limit per customer, in
+//! the same snapshot as the stock), the hot row locked only by the write and its commit. The write takes effect only
 //! if no ticket type that the batch takes stock of changed since the read in what the
 //! decisions rested on (its tickets available; its version where a customer's limit
 //! applies), so that its stock was, at the write, what the decisions counted. Otherwise
@@ -244,12 +244,13 @@ async fn sift(db: &DatabaseConnection, jobs: &[Job]) -> StoreResult<Sifted> {
     let ids: Vec<TicketTypeId> = requested_types(jobs).into_iter().collect();
     let keys = keys_of(jobs);
     let now = latest(jobs);
+    let customers = customers_of(jobs);
     let queries::Committed {
         types,
         made,
         overdue,
-    } = queries::committed_sqlite(db, &ids, &keys, now).await?;
-    let owned = owned_of(db, &types, jobs, now).await?;
+        owned,
+    } = queries::committed_sqlite(db, &ids, &keys, &customers, now).await?;
     let mut ledger = Ledger::new(&types, owned, made);
     let mut decisions = Vec::new();
     for job in jobs {
@@ -281,17 +282,14 @@ async fn at_once(
     let ids: Vec<TicketTypeId> = requested_types(jobs).into_iter().collect();
     let keys = keys_of(jobs);
     let now = latest(jobs);
-    let read = async {
-        let committed = queries::committed(db, kept, &ids, &keys, now).await?;
-        let owned = owned_of(db, &committed.types, jobs, now).await?;
-        Ok((committed, owned))
-    };
-    let (committed, owned) = read.await.map_err(Failed::BeforeCommit)?;
+    let customers = customers_of(jobs);
+    let read = queries::committed(db, kept, &ids, &keys, &customers, now).await;
     let queries::Committed {
         types,
         made,
         overdue,
-    } = committed;
+        owned,
+    } = read.map_err(Failed::BeforeCommit)?;
     let mut ledger = Ledger::new(&types, owned, made);
     let decisions: Vec<Decision> = jobs.iter().map(|job| ledger.decide(job)).collect();
     let holds = made_holds(&decisions);
@@ -368,17 +366,20 @@ async fn together(db: &DatabaseConnection, jobs: &[Job]) -> Result<Decided, Fail
 async fn decide_all(txn: &DatabaseTransaction, jobs: &[Job]) -> StoreResult<Decided> {
     let now = latest(jobs);
     // On SQLite, one writer at a time: what the transaction reads stays so until it commits,
-    // and the sift's one statement reads it all (the overdue tickets too).
-    let (types, made, overdue) = if txn.get_database_backend() == DbBackend::Sqlite {
+    // and the sift's one statement reads it all (the customers' counts and the overdue
+    // tickets too). On PostgreSQL the counts are read after the lock, so that concurrent holds
+    // of one customer are counted.
+    let (types, made, owned, overdue) = if txn.get_database_backend() == DbBackend::Sqlite {
         let ids: Vec<TicketTypeId> = requested_types(jobs).into_iter().collect();
-        let read = queries::committed_sqlite(txn, &ids, &keys_of(jobs), now).await?;
-        (read.types, read.made, Some(read.overdue))
+        let customers = customers_of(jobs);
+        let read = queries::committed_sqlite(txn, &ids, &keys_of(jobs), &customers, now).await?;
+        (read.types, read.made, read.owned, Some(read.overdue))
     } else {
         let types = queries::lock_ticket_types(txn, requested_types(jobs)).await?;
         let made = queries::hold_ids_by_idempotency_keys(txn, &keys_of(jobs)).await?;
-        (types, made, None)
+        let owned = owned_of(txn, &types, jobs, now).await?;
+        (types, made, owned, None)
     };
-    let owned = owned_of(txn, &types, jobs, now).await?;
     let mut ledger = Ledger::new(&types, owned, made);
     let decisions: Vec<Decision> = jobs.iter().map(|job| ledger.decide(job)).collect();
     let holds = made_holds(&decisions);
@@ -426,7 +427,8 @@ fn answers_of(decisions: Vec<Decision>, overdue: &BTreeSet<TicketTypeId>) -> Vec
 }
 
 /// What each customer of the jobs owns of each limited ticket type among `types` (one
-/// statement, none when no ticket type is limited).
+/// statement, none when no ticket type is limited), for a transaction on PostgreSQL that has
+/// locked them.
 async fn owned_of<C: ConnectionTrait>(
     conn: &C,
     types: &BTreeMap<TicketTypeId, ticket_type::Model>,
@@ -437,11 +439,14 @@ async fn owned_of<C: ConnectionTrait>(
         .values()
         .filter(|tt| tt.max_per_customer.is_some())
         .collect();
-    let customers: Vec<&str> = jobs
-        .iter()
+    queries::customer_quantities(conn, &customers_of(jobs), &limited, now).await
+}
+
+/// The customer of every job.
+fn customers_of(jobs: &[Job]) -> Vec<&str> {
+    jobs.iter()
         .map(|job| job.request.customer_id.as_str())
-        .collect();
-    queries::customer_quantities(conn, &customers, &limited, now).await
+        .collect()
 }
 
 /// The (customer, idempotency key) of every job that has a key.
