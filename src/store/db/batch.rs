@@ -10,13 +10,13 @@
 //! On PostgreSQL a batch is decided from a read without a lock and written in one statement
 //! that is its own transaction (`at_once`): two round trips on a connection the writer keeps
 //! (the read takes the customers' counts too, where a ticket type has a limit per customer, in
-//! the same snapshot as the stock), the hot row locked only by the write and its commit. The write takes effect only
-//! if no ticket type that the batch takes stock of changed since the read in what the
-//! decisions rested on (its tickets available; its version where a customer's limit
-//! applies), so that its stock was, at the write, what the decisions counted. Otherwise
-//! (another instance took stock, an expiry gave some back) PostgreSQL refuses the write whole
-//! and the batch goes to a transaction that locks the ticket types (ascending id) before it
-//! reads, as every batch on SQLite does (`together`). A batch with nothing to take, the
+//! the same snapshot as the stock), the hot row locked only by the write and its commit. The
+//! write takes effect only if no ticket type that the batch takes stock of changed since the
+//! read in what the decisions rested on (its tickets available; its version where a
+//! customer's limit applies), so that its stock was, at the write, what the decisions counted.
+//! Otherwise (another instance took stock, an expiry gave some back) PostgreSQL refuses the
+//! write whole and the batch goes to a transaction that locks the ticket types (ascending id)
+//! before it reads, as every batch on SQLite does (`together`). A batch with nothing to take, the
 //! refusals of a sold-out sale, is answered from the read alone.
 //!
 //! On SQLite, while the last look found a ticket type of the batch with nothing available, the

@@ -1167,8 +1167,9 @@ impl SiftArguments {
 /// `overdue_held_select` and the ticket types, in one round trip and one snapshot: $1 the ticket
 /// type ids, $2 and $3 the customers and keys of the pairs, $4 now, $5 the customers whose
 /// counts are read; the statuses are written in (see `is_active`). The counts probe the
-/// `(customer_id, event_id)` index once per customer and limited event (`customer_quantities_select`
-/// says why no other way), and read nothing when no ticket type asked is limited. One text,
+/// `(customer_id, event_id)` index once per customer and limited event
+/// (`customer_quantities_select` says why no other way), and read nothing when no ticket type
+/// asked is limited. One text,
 /// prepared once per connection; with a batch of more than a few pairs PostgreSQL settles on its
 /// generic plan, executed without planning (a statement that also summed the overdue tickets did
 /// not, and was planned anew at every execution, 0.27 ms). A sift that ran the three statements
