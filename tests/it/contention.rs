@@ -360,6 +360,10 @@ async fn a_batch_reads_hold_items_only_by_their_holds_on_postgres() {
     for plan in &plans[2..] {
         let scans_holds = plan.iter().any(|line| line.contains("Seq Scan on holds"));
         assert!(!scans_holds, "{}", plan.join("\n"));
+        let by_customer_and_event = plan
+            .iter()
+            .any(|line| line.contains("idx_holds_customer_id_event_id on holds"));
+        assert!(by_customer_and_event, "{}", plan.join("\n"));
     }
     // The generic plan of the overdue check as well: through the `(status, expires_at)` index,
     // never a scan of the holds.
