@@ -1169,9 +1169,8 @@ impl SiftArguments {
 /// counts are read; the statuses are written in (see `is_active`). The counts probe the
 /// `(customer_id, event_id)` index once per customer and limited event
 /// (`customer_quantities_select` says why no other way), and read nothing when no ticket type
-/// asked is limited. One text,
-/// prepared once per connection; with a batch of more than a few pairs PostgreSQL settles on its
-/// generic plan, executed without planning (a statement that also summed the overdue tickets did
+/// asked is limited. One text, prepared once per connection; with a batch of more than a few
+/// pairs PostgreSQL settles on its generic plan, executed without planning (a statement that also summed the overdue tickets did
 /// not, and was planned anew at every execution, 0.27 ms). A sift that ran the three statements
 /// at once, each on a pooled connection of its own, made nine round trips and woke three
 /// PostgreSQL backends for every batch of refusals of a sold-out sale; with the counts on a
